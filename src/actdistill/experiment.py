@@ -1,0 +1,26 @@
+"""The top-level experiment configuration: one typed tree that every job reads.
+
+Sections are added as capabilities land (data, run, then model/train/eval). Experiment YAML
+files in ``configs/`` override parts of it and the command line overrides those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from actdistill.data.builder import DataConfig
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs"
+    name: str = "run"
+    seed: int = 0
+    resume: str | None = None  # an existing run directory to continue
+    progress: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from actdistill.config import ConfigError, build_config, to_dict
+from actdistill.experiment import ExperimentConfig
+from actdistill.rundir import create_run_dir, save_config
+
+
+def test_defaults_yaml_and_overrides(tmp_path: Path) -> None:
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("data:\n  root: /from/yaml\n  sampling:\n    num_frames: 16\nrun:\n  seed: 3\n")
+    cfg = build_config(ExperimentConfig, exp, ["data.root=/x", "run.seed=5", "data.modalities=rgb,flow",
+                                               "data.spatial.scale_range=[1.0, 1.3]"])
+    assert cfg.data.root == "/x"
+    assert cfg.data.sampling.num_frames == 16  # from YAML
+    assert cfg.run.seed == 5
+    assert cfg.data.modalities == ["rgb", "flow"]
+    assert cfg.data.spatial.scale_range == (1.0, 1.3)
+    assert cfg.data.batch_size == 16  # typed default untouched
+
+
+def test_unknown_key_names_key_and_suggests(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'data.sampling.num_frame'.*did you mean 'num_frames'"):
+        build_config(ExperimentConfig, None, ["data.sampling.num_frame=3"])
+    exp = tmp_path / "bad.yaml"
+    exp.write_text("data:\n  rot: /x\n")
+    with pytest.raises(ConfigError, match=r"'data.rot'.*did you mean 'root'"):
+        build_config(ExperimentConfig, exp)
+
+
+def test_bad_values_and_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="data.batch_size: expected an integer"):
+        build_config(ExperimentConfig, None, ["data.batch_size=lots"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        build_config(ExperimentConfig, None, ["data.batch_size"])
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: invalid YAML"):
+        build_config(ExperimentConfig, bad)
+
+
+def test_shipped_configs_are_valid() -> None:
+    configs = sorted(Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml"))
+    assert configs, "no configs shipped"
+    for path in configs:
+        if path.parent.name in ("data",):
+            build_config(ExperimentConfig, path)
+
+
+def test_run_dir_never_overwrites(tmp_path: Path) -> None:
+    a = create_run_dir(tmp_path, "exp", timestamp=False)
+    b = create_run_dir(tmp_path, "exp", timestamp=False)
+    assert a != b and a.is_dir() and b.is_dir()
+    cfg = build_config(ExperimentConfig, None, ["run.seed=9"])
+    path = save_config(a, cfg)
+    again = build_config(ExperimentConfig, path)
+    assert to_dict(again) == to_dict(cfg)
