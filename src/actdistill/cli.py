@@ -51,11 +51,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 def _add_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="show a merged configuration",
-                       description="Print the configuration that a job would run with: typed defaults, then "
-                       "the experiment YAML, then KEY=VALUE overrides (dotted keys, e.g. data.root=/x).")
-    p.add_argument("experiment", nargs="?", help="experiment YAML (e.g. configs/data/synthetic.yaml)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.sampling.num_frames=16")
-    p.set_defaults(func=cmd_config)
+                       description="Configuration tools.")
+    csub = p.add_subparsers(dest="config_cmd", required=True, metavar="COMMAND")
+    s = csub.add_parser("show", help="print the merged configuration a job would run with",
+                        description="Print the configuration that a job would run with: typed defaults, then "
+                        "the experiment YAML, then KEY=VALUE overrides (dotted keys, e.g. data.root=/x).")
+    s.add_argument("experiment", nargs="?", help="experiment YAML (e.g. configs/data/synthetic.yaml)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.sampling.num_frames=16")
+    s.set_defaults(func=cmd_config)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -124,13 +127,21 @@ def cmd_data_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_experiment(experiment: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """Let ``KEY=VALUE`` stand in the experiment slot: ``actdistill config show data.root=/x``."""
+    if experiment is not None and "=" in experiment and not os.path.exists(experiment):
+        return None, [experiment, *overrides]
+    return experiment, list(overrides)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
     from actdistill.config import build_config, to_dict
     from actdistill.experiment import ExperimentConfig
 
-    cfg = build_config(ExperimentConfig, args.experiment, args.overrides)
+    experiment, overrides = _split_experiment(args.experiment, args.overrides)
+    cfg = build_config(ExperimentConfig, experiment, overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
 

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from actdistill.cli import main
+
+
+def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("data", "config", "demo"):
+        assert cmd in out
+
+
+def test_config_show_and_unknown_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "show", "configs/data/synthetic.yaml", "data.sampling.num_frames=16"]) == 0
+    assert "num_frames: 16" in capsys.readouterr().out
+    assert main(["config", "show", "data.sampling.num_frmes=16"]) == 2
+    err = capsys.readouterr().err
+    assert "data.sampling.num_frmes" in err and "num_frames" in err
+
+
+def test_summary_json_reports_counts_and_problems(epic_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (epic_root / "P01" / "rgb_frames" / "P01_01" / "frame_0000000003.jpg").write_bytes(b"\xff\xd8\xff\xe0 trunc")
+    import shutil
+
+    shutil.rmtree(epic_root / "P02" / "flow_frames")
+    code = main(["data", "summary", "epic_kitchens_100", "--root", str(epic_root), "--modalities", "rgb,flow",
+                 "--json", "--deep"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    train, val, test = (summary["splits"][s] for s in ("train", "validation", "test"))
+    assert train["samples"] == 3 and train["classes"] == {"verb": 3, "noun": 4, "action": 3}
+    assert val["samples"] == 3 and val["modalities"] == {"rgb": 3, "flow": 0}
+    assert test["samples"] == 2 and test["labelled"] is False
+    paths = [p["path"] for p in summary["problems"]]
+    assert any(p.endswith("P02/flow_frames/P02_101") for p in paths)
+    assert summary["problem_kinds"]["missing"] >= 1
+
+
+def test_summary_bad_root_is_reported_not_crashed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "summary", "epic_kitchens_100", "--root", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["splits"]["train"]["readable"] is False
+    assert "annotation file not found" in summary["problems"][0]["message"]
