@@ -32,13 +32,13 @@ def test_unknown_key_names_key_and_suggests(tmp_path: Path) -> None:
 
 
 def test_bad_values_and_yaml(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="data.batch_size: expected an integer"):
+    with pytest.raises(ConfigError, match=r"data\.batch_size: expected an integer"):
         build_config(ExperimentConfig, None, ["data.batch_size=lots"])
     with pytest.raises(ConfigError, match="not of the form"):
         build_config(ExperimentConfig, None, ["data.batch_size"])
     bad = tmp_path / "broken.yaml"
     bad.write_text("data: [unclosed\n")
-    with pytest.raises(ConfigError, match="broken.yaml: invalid YAML"):
+    with pytest.raises(ConfigError, match=r"broken\.yaml: invalid YAML"):
         build_config(ExperimentConfig, bad)
 
 

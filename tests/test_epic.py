@@ -90,7 +90,7 @@ def test_malformed_rows_are_problems_naming_file_and_line(epic_root: Path) -> No
 
 
 def test_hard_errors_name_the_file(tmp_path: Path, epic_root: Path) -> None:
-    with pytest.raises(DataError, match="EPIC_100_verb_classes.csv: annotation file not found"):
+    with pytest.raises(DataError, match=r"EPIC_100_verb_classes\.csv: annotation file not found"):
         load_epic_kitchens(tmp_path, "train")
     path = epic_root / "annotations" / "EPIC_100_train.csv"
     path.write_text("narration_id,video_id\nP01_01_0,P01_01\n")

@@ -70,7 +70,7 @@ def dense_indices(
     n = stop - start + 1
     span = (num_frames - 1) * stride + 1
     room = max(n - span, 0)
-    first = int(rng.integers(0, room + 1)) if train else int(round(room * view))
+    first = int(rng.integers(0, room + 1)) if train else round(room * view)
     pos = first + np.arange(num_frames) * stride
     return start + np.clip(pos, 0, n - 1)
 

@@ -74,7 +74,7 @@ class SpatialTransform:
 
     def apply(self, modality: str, x: torch.Tensor, p: SpatialParams) -> torch.Tensor:
         """Transform ``[N, C, H, W]`` of one spatial modality."""
-        n, c, h, w = x.shape
+        h, w = x.shape[-2:]
         nh, nw, top, left, ch, cw = self._geometry(h, w, p)
         if (nh, nw) != (h, w):
             mode = "nearest" if modality == "depth" else "bilinear"

@@ -141,7 +141,7 @@ def star_split(num_rows: int, seed: int, val_fraction: float) -> np.ndarray:
     """Boolean mask of rows that go to ``val_star`` in the seeded EPIC* split of train."""
     rng = np.random.default_rng(seed)
     perm = rng.permutation(num_rows)
-    n_val = int(round(num_rows * val_fraction))
+    n_val = round(num_rows * val_fraction)
     mask = np.zeros(num_rows, dtype=bool)
     mask[perm[:n_val]] = True
     return mask
@@ -318,7 +318,9 @@ def _row_to_segment(
         try:
             verb, noun = int(v["verb_class"]), int(v["noun_class"])
         except ValueError:
-            raise ValueError(f"verb_class/noun_class {v['verb_class']!r}/{v['noun_class']!r} are not integers") from None
+            raise ValueError(
+                f"verb_class/noun_class {v['verb_class']!r}/{v['noun_class']!r} are not integers"
+            ) from None
         if not 0 <= verb < n_verbs:
             raise ValueError(f"verb_class {verb} outside the {n_verbs} verb classes")
         if not 0 <= noun < n_nouns:
