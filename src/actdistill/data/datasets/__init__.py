@@ -8,6 +8,7 @@ DatasetIndex`` that reads the dataset's official layout. Loaders are imported la
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ class DatasetSpec:
     modalities: tuple[str, ...]
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    annotations_arg: str = "annotations"  # the loader's name for the annotation/split-file location
 
     def load(
         self,
@@ -38,9 +40,20 @@ class DatasetSpec:
     ) -> DatasetIndex:
         module, func = self.loader.split(":")
         fn: Callable[..., DatasetIndex] = getattr(importlib.import_module(module), func)
-        kwargs = {**self.defaults, **options}
-        return fn(root=root, split=split, annotations=annotations,
-                  modalities=tuple(modalities or self.modalities), **kwargs)
+        accepted = inspect.signature(fn).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        kwargs: dict[str, Any] = {**self.defaults, **options}
+        unknown = [k for k in kwargs if k not in accepted and not takes_any]
+        if unknown:
+            raise ValueError(f"dataset {self.name!r} has no option {unknown}; options: "
+                             f"{[k for k in accepted if k not in ('root', 'split', 'modalities')]}")
+        if annotations is not None:
+            kwargs[self.annotations_arg] = annotations
+        if "modalities" in accepted:
+            kwargs["modalities"] = tuple(modalities or self.modalities)
+        elif modalities and set(modalities) - set(self.modalities):
+            raise ValueError(f"dataset {self.name!r} provides only {list(self.modalities)}")
+        return fn(root=root, split=split, **kwargs)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -63,4 +76,36 @@ register_dataset(DatasetSpec(
     "synthetic", "actdistill.data.datasets.synthetic_loader:load_synthetic",
     ("train", "validation", "test", "train_star", "val_star"), ("rgb", "flow", "audio", "depth"),
     "built-in synthetic multimodal dataset in the EPIC-KITCHENS-100 layout (generated if absent)",
+))
+register_dataset(DatasetSpec(
+    "ssv2", "actdistill.data.datasets.ssv2:load_ssv2", ("train", "validation", "test"), ("rgb",),
+    "Something-Something v2 (labels/train/validation/test JSON; .webm videos or frame folders; "
+    "optional flow and Something-Else boxes)",
+))
+register_dataset(DatasetSpec(
+    "video_folder", "actdistill.data.datasets.video_folder:load_video_folder", ("all",), ("rgb",),
+    "class-folder videos or frame folders (Kinetics, UCF101, HMDB51, your own); optional split list",
+    annotations_arg="split_file",
+))
+register_dataset(DatasetSpec(
+    "ucf101", "actdistill.data.datasets.video_folder:load_ucf101", ("train", "test"), ("rgb",),
+    "UCF101 class folders with the official classInd/trainlist/testlist files (annotations = split folder)",
+    annotations_arg="split_dir",
+))
+register_dataset(DatasetSpec(
+    "hmdb51", "actdistill.data.datasets.video_folder:load_hmdb51", ("train", "test"), ("rgb",),
+    "HMDB51 class folders with the official <class>_test_split<k>.txt files (annotations = split folder)",
+    annotations_arg="split_dir",
+))
+register_dataset(DatasetSpec(
+    "fewshot", "actdistill.data.datasets.fewshot_splits:load_fewshot_split", ("train", "val", "test"), ("rgb",),
+    "few-shot benchmarks from TRX-style split files (SSv2-Full/Small, Kinetics-100, UCF101, HMDB51; "
+    "annotations = the splits folder)",
+    annotations_arg="split_dir",
+))
+register_dataset(DatasetSpec(
+    "generic", "actdistill.data.datasets.generic:load_generic", ("train", "validation", "test"),
+    ("rgb", "flow", "audio", "depth", "boxes", "imu"),
+    "your own multimodal data: manifest.csv/.jsonl + classes.json (see docs/data.md)",
+    annotations_arg="manifest",
 ))

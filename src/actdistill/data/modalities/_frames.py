@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tarfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,14 +45,33 @@ def mapped_numbers(source: Source, frames: np.ndarray, num_frames: int | None = 
     return map_frame_numbers(as_frame_numbers(frames), source.index_map, n)
 
 
-def frame_name(template: str, n: int) -> str:
-    """Format one 1-based frame number with a source template such as ``frame_{:010d}.jpg``."""
-    return template.format(int(n))
+def frame_name(template: str | Sequence[str], n: int) -> str:
+    """The file name of 1-based frame ``n``.
+
+    ``template`` is a format string such as ``frame_{:010d}.jpg``, or, for folders whose names no
+    template describes (numbered from 0, irregular names), the natural-sorted list of file names
+    an adapter stored in ``Source.options["files"]`` (see :func:`frame_names`).
+    """
+    if isinstance(template, str):
+        return template.format(int(n))
+    if not 1 <= n <= len(template):
+        raise IndexError(n)
+    return template[int(n) - 1]
 
 
-def read_frame_file(folder: Path, template: str, n: int) -> tuple[Path, bytes]:
+def frame_names(source: Source) -> str | Sequence[str]:
+    """What :func:`frame_name` needs for ``source``: its explicit file list, else its template."""
+    files = source.options.get("files") if source.options else None
+    return list(files) if files else source.template
+
+
+def read_frame_file(folder: Path, template: str | Sequence[str], n: int) -> tuple[Path, bytes]:
     """Read one frame file's bytes; a missing folder and a missing file are told apart."""
-    path = folder / frame_name(template, n)
+    try:
+        name = frame_name(template, n)
+    except IndexError:
+        raise DataError(folder, f"frame {n} is beyond the {len(template)} listed frame files") from None
+    path = folder / name
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -17,6 +17,7 @@ import torch
 from actdistill.data.modalities._frames import (
     check_frame_folder,
     decode_image,
+    frame_names,
     gather_unique,
     mapped_numbers,
     read_frame_file,
@@ -55,7 +56,7 @@ class DepthReader(ModalityReader):
         numbers = mapped_numbers(source, frames)
 
         def dec(n: int) -> tuple[Path, np.ndarray]:
-            path, data = read_frame_file(folder, source.template, n)
+            path, data = read_frame_file(folder, frame_names(source), n)
             img = decode_image(data, path, cv2.IMREAD_UNCHANGED)
             if img.dtype != np.uint16:
                 raise DataError(path, f"depth image must be 16-bit (uint16), found {img.dtype}")

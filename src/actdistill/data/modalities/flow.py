@@ -23,6 +23,7 @@ from actdistill.data.modalities._frames import (
     check_frame_folder,
     count_files,
     decode_image,
+    frame_names,
     gather_unique,
     mapped_numbers,
     read_frame_file,
@@ -136,8 +137,8 @@ class FlowReader(ModalityReader):
         numbers = np.minimum(base[:, None] + np.arange(self.stack)[None, :], last).reshape(-1)
 
         def dec(n: int) -> tuple[Path, np.ndarray]:
-            pu, du = read_frame_file(udir, source.template, n)
-            pv, dv = read_frame_file(vdir, source.template, n)
+            pu, du = read_frame_file(udir, frame_names(source), n)
+            pv, dv = read_frame_file(vdir, frame_names(source), n)
             u = decode_image(du, pu, cv2.IMREAD_GRAYSCALE)
             v = decode_image(dv, pv, cv2.IMREAD_GRAYSCALE)
             if u.shape != v.shape:

@@ -22,6 +22,7 @@ from actdistill.data.modalities._frames import (
     count_files,
     decode_image,
     frame_name,
+    frame_names,
     gather_unique,
     mapped_numbers,
     read_frame_file,
@@ -216,7 +217,7 @@ class RGBReader(ModalityReader):
             folder = Path(source.path)
 
             def dec(n: int) -> tuple[Path, np.ndarray]:
-                path, data = read_frame_file(folder, source.template, n)
+                path, data = read_frame_file(folder, frame_names(source), n)
                 return path, _decode_rgb(data, path)
 
             return gather_unique(numbers, dec)
