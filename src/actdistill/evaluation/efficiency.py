@@ -1,0 +1,89 @@
+"""Efficiency measurements: parameters, FLOPs, peak memory, latency and throughput.
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a real forward pass and
+reported as GFLOPs (floating-point operations, where one multiply-add counts as 2 FLOPs), not
+MACs. Latency follows fixed methodology: warm-up iterations, then timed repeats, median
+reported with min and max. Peak memory on CPU is the peak of bytes held by tensors allocated
+during the forward (tracked with the profiler's memory events); on CUDA it is
+``torch.cuda.max_memory_allocated`` after a reset.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | None = None) -> int:
+    """Peak bytes allocated by tensors during ``fn`` (activations + outputs; weights excluded)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        with torch.no_grad():
+            fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        ((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage != 0),
+        key=lambda x: x[0],
+    )
+    # self-memory of each op: positive = allocation, negative = free; running sum gives the live bytes
+    cur = peak = 0
+    for _, delta in events:
+        cur += delta
+        peak = max(peak, cur)
+    return int(peak)
+
+
+def time_fn(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10, device: torch.device | None = None) -> dict[str, float]:
+    """Median/min/max wall time of ``fn`` in milliseconds after ``warmup`` untimed calls."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device is not None and device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        sync()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+
+
+def profile_forward(fn: Callable[[], Any], batch_size: int, params: int, warmup: int = 3, repeats: int = 10,
+                    device: torch.device | None = None) -> dict[str, float]:
+    """Everything the efficiency table needs for one (model, subset, batch size) forward."""
+    flops = count_flops(fn)
+    timing = time_fn(fn, warmup, repeats, device)
+    mem = peak_memory_bytes(fn, device)
+    return {
+        "params": params,
+        "gflops": flops / 1e9 / batch_size,
+        "peak_mem_mb": mem / 2**20,
+        "latency_ms": timing["median_ms"],
+        "latency_min_ms": timing["min_ms"],
+        "latency_max_ms": timing["max_ms"],
+        "throughput": batch_size / (timing["median_ms"] / 1000.0),
+        "batch_size": batch_size,
+    }

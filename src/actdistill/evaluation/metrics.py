@@ -1,0 +1,76 @@
+"""Accuracy and calibration metrics, EPIC-style.
+
+Verb and noun are scored top-1/top-5 on their own heads. Action top-k follows the EPIC
+evaluation: an action is correct at top-1 when verb and noun are both correct; for top-k the
+joint score is the product of the verb and noun probabilities over all (verb, noun) pairs, and
+the true pair must be among the k best. A dataset with a single task ("class") is scored on it.
+Labels of -1 (unknown) are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool ``[B]``: the label is among the ``k`` highest logits."""
+    k = min(k, logits.shape[-1])
+    return (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1)
+
+
+def action_hits(verb_logits: torch.Tensor, noun_logits: torch.Tensor, verb: torch.Tensor, noun: torch.Tensor,
+                k: int) -> torch.Tensor:
+    if k == 1:
+        return (verb_logits.argmax(-1) == verb) & (noun_logits.argmax(-1) == noun)
+    joint = verb_logits.softmax(-1)[:, :, None] * noun_logits.softmax(-1)[:, None, :]
+    flat = joint.flatten(1)
+    target = verb * noun_logits.shape[-1] + noun
+    return topk_hits(flat, target, k)
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins (Guo et al. 2017), in [0, 1]."""
+    if labels.numel() == 0:
+        return float("nan")
+    probs = logits.float().softmax(-1)
+    conf, pred = probs.max(-1)
+    correct = (pred == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = torch.zeros(())
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.float().mean() * (conf[sel].mean() - correct[sel].mean()).abs()
+    return float(ece)
+
+
+def score(logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Top-1/top-5 accuracy (in %) per task, action included when verb and noun are both predicted."""
+    out: dict[str, float] = {}
+    for task, lg in logits.items():
+        if task not in labels or (task == "action" and {"verb", "noun"} <= set(logits)):
+            continue
+        y = labels[task]
+        ok = y >= 0
+        if ok.any():
+            out[f"{task}_top1"] = 100.0 * float(topk_hits(lg[ok], y[ok], 1).float().mean())
+            out[f"{task}_top5"] = 100.0 * float(topk_hits(lg[ok], y[ok], 5).float().mean())
+            out[f"{task}_ece"] = expected_calibration_error(lg[ok], y[ok])
+    if {"verb", "noun"} <= set(logits) and {"verb", "noun"} <= set(labels):
+        v, n = labels["verb"], labels["noun"]
+        ok = (v >= 0) & (n >= 0)
+        if ok.any():
+            for k in (1, 5):
+                hits = action_hits(logits["verb"][ok], logits["noun"][ok], v[ok], n[ok], k)
+                out[f"action_top{k}"] = 100.0 * float(hits.float().mean())
+    return out
+
+
+def primary_metric(metrics: Mapping[str, float]) -> float:
+    """The headline number: action top-1 when there is one, else the first task's top-1."""
+    if "action_top1" in metrics:
+        return metrics["action_top1"]
+    top1 = [v for k, v in metrics.items() if k.endswith("_top1")]
+    return top1[0] if top1 else float("nan")

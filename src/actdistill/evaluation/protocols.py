@@ -1,0 +1,113 @@
+"""Missing-modality evaluation protocols (KARMMA): static subsets and the dynamic drop-rate curve.
+
+* Static: every non-empty subset of the model's modalities. A sample is scored on a subset with
+  the modalities it actually has inside that subset; samples that have none of them are left out
+  of that subset's score (and counted), never scored on fabricated input.
+* Dynamic: each available modality is dropped independently with probability ``p``, at least
+  one kept, with a fixed seed per ``p`` so every model sees exactly the same drops.
+Single numbers: area under the drop-rate curve (trapezoid over p, divided by the p range, i.e.
+the curve's mean height) and the worst subset's accuracy.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from actdistill.evaluation.metrics import primary_metric, score
+
+Predict = Callable[[Mapping[str, Any], torch.Tensor], Mapping[str, torch.Tensor]]
+DROP_RATES = tuple(round(0.1 * i, 1) for i in range(10))
+
+
+def modality_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
+    """All non-empty subsets, smallest first, each in the given modality order."""
+    return [c for r in range(1, len(modalities) + 1) for c in itertools.combinations(modalities, r)]
+
+
+def subset_name(subset: Sequence[str]) -> str:
+    return "+".join(subset)
+
+
+def drop_modalities(present: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Drop each present modality with probability ``p``; a sample left with none keeps one at random."""
+    drop = torch.rand(present.shape, generator=generator) < p
+    kept = present & ~drop
+    empty = ~kept.any(1) & present.any(1)
+    if empty.any():
+        scores = torch.rand(present.shape, generator=generator).masked_fill(~present, -1.0)
+        choice = scores.argmax(1)
+        rows = empty.nonzero().squeeze(1)
+        kept[rows, choice[rows]] = True
+    return kept
+
+
+def _run(predict: Predict, batches: Sequence[Mapping[str, Any]],
+         mask_fn: Callable[[int, torch.Tensor], torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                                                        torch.Tensor]:
+    logits: dict[str, list[torch.Tensor]] = {}
+    labels: dict[str, list[torch.Tensor]] = {}
+    valid: list[torch.Tensor] = []
+    for b, batch in enumerate(batches):
+        present = batch["present"]
+        mask = mask_fn(b, present)
+        ok = mask.any(1)
+        # rows with nothing left keep their full input (so every model gets a valid forward) but are not scored
+        effective = torch.where(ok[:, None], mask, present)
+        with torch.no_grad():
+            out = predict(batch, effective)
+        for task, lg in out.items():
+            logits.setdefault(task, []).append(lg.float().cpu())
+        for task, y in batch["labels"].items():
+            labels.setdefault(task, []).append(y.cpu())
+        valid.append(ok)
+    return ({k: torch.cat(v) for k, v in logits.items()}, {k: torch.cat(v) for k, v in labels.items()},
+            torch.cat(valid) if valid else torch.zeros(0, dtype=torch.bool))
+
+
+def _score_valid(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, float]:
+    return score({k: v[valid] for k, v in logits.items()}, {k: v[valid] for k, v in labels.items()})
+
+
+def evaluate_missing_modalities(
+    predict: Predict,
+    batches: Sequence[Mapping[str, Any]],
+    modalities: Sequence[str],
+    drop_rates: Sequence[float] = DROP_RATES,
+    seed: int = 0,
+    subsets: Sequence[Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """Run both protocols. ``predict(batch, present)`` returns logits per task for the given mask."""
+    mods = list(modalities)
+    result: dict[str, Any] = {"subsets": {}, "subset_metrics": {}, "drop_curve": [], "drop_metrics": []}
+    full_logits: dict[str, torch.Tensor] | None = None
+    for subset in subsets or modality_subsets(mods):
+        sel = torch.tensor([m in subset for m in mods])
+        logits, labels, valid = _run(predict, batches, lambda _b, present, s=sel: present & s)
+        metrics = _score_valid(logits, labels, valid)
+        metrics["samples"] = int(valid.sum())
+        metrics["left_out"] = int((~valid).sum())
+        name = subset_name(subset)
+        result["subset_metrics"][name] = metrics
+        result["subsets"][name] = primary_metric(metrics)
+        if len(subset) == len(mods):
+            full_logits, full_labels = logits, labels
+    for p in drop_rates:
+        gen = torch.Generator().manual_seed(seed * 1000 + round(p * 100))
+        logits, labels, valid = _run(predict, batches, lambda _b, present, g=gen, q=p: drop_modalities(present, q, g))
+        metrics = _score_valid(logits, labels, valid)
+        result["drop_metrics"].append({"p": p, **metrics})
+        result["drop_curve"].append(primary_metric(metrics))
+    curve = np.asarray(result["drop_curve"], dtype=float)
+    rates = np.asarray(drop_rates, dtype=float)
+    span = rates[-1] - rates[0]
+    result["auc"] = float(np.trapezoid(curve, rates) / span) if len(rates) > 1 and span > 0 else float(curve.mean())
+    worst = min(result["subsets"].items(), key=lambda kv: kv[1])
+    result["worst_subset"] = {"subset": worst[0], "accuracy": worst[1]}
+    if full_logits is not None:
+        result["full"] = {"logits": full_logits, "labels": full_labels}
+    return result
