@@ -55,7 +55,9 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | None = None)
     return int(peak)
 
 
-def time_fn(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10, device: torch.device | None = None) -> dict[str, float]:
+def time_fn(
+    fn: Callable[[], Any], warmup: int = 3, repeats: int = 10, device: torch.device | None = None
+) -> dict[str, float]:
     """Median/min/max wall time of ``fn`` in milliseconds after ``warmup`` untimed calls."""
     sync = (lambda: torch.cuda.synchronize(device)) if device is not None and device.type == "cuda" else (lambda: None)
     with torch.no_grad():

@@ -9,6 +9,7 @@ Labels of -1 (unknown) are ignored.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import torch
@@ -39,7 +40,7 @@ def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins:
     correct = (pred == labels).float()
     edges = torch.linspace(0, 1, bins + 1)
     ece = torch.zeros(())
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
             ece += sel.float().mean() * (conf[sel].mean() - correct[sel].mean()).abs()

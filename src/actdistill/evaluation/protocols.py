@@ -46,9 +46,11 @@ def drop_modalities(present: torch.Tensor, p: float, generator: torch.Generator)
     return kept
 
 
+Scored = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
+
+
 def _run(predict: Predict, batches: Sequence[Mapping[str, Any]],
-         mask_fn: Callable[[int, torch.Tensor], torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
-                                                                        torch.Tensor]:
+         mask_fn: Callable[[int, torch.Tensor], torch.Tensor]) -> Scored:
     logits: dict[str, list[torch.Tensor]] = {}
     labels: dict[str, list[torch.Tensor]] = {}
     valid: list[torch.Tensor] = []
@@ -69,7 +71,9 @@ def _run(predict: Predict, batches: Sequence[Mapping[str, Any]],
             torch.cat(valid) if valid else torch.zeros(0, dtype=torch.bool))
 
 
-def _score_valid(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, float]:
+def _score_valid(
+    logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], valid: torch.Tensor
+) -> dict[str, float]:
     return score({k: v[valid] for k, v in logits.items()}, {k: v[valid] for k, v in labels.items()})
 
 
