@@ -1,0 +1,220 @@
+"""Encoder contract, the ``ENCODERS`` registry, freezing, and safe weight loading.
+
+An encoder turns one modality's ``[B, T, ...]`` input into a token sequence ``[B, n, d]``. The
+fusion model only needs ``out_dim`` (``d``) and ``num_tokens(T)`` (``n``), so every backbone,
+from a 30 k-parameter test CNN to a frozen video transformer, plugs in the same way. ``n`` must
+be computable without running the encoder: the KARMMA embedding keeps slots for a modality that
+no sample of the batch has, and needs to know how many.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from actdistill.registry import Registry
+
+ENCODERS: Registry[Encoder] = Registry("encoder")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+DEFAULT_CHANNELS = {"rgb": 3, "depth": 1, "flow": 2, "audio": 1}
+"""Channels of one frame per modality (flow: u/v for ``stack=1``; see the data layer)."""
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and ``requires_grad=False`` everywhere; returns the module for chaining.
+
+    Eval mode matters as much as the gradients: a frozen extractor's BatchNorm statistics and
+    dropout must not change with the batches it sees, or cached features would go stale.
+    """
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class Encoder(nn.Module):
+    """Base class: subclasses set ``modality``/``out_dim`` and implement ``encode`` and ``num_tokens``.
+
+    ``forward`` runs ``encode`` without autograd when the encoder is frozen (saves the activation
+    memory a frozen extractor never needs) and ``train()`` keeps a frozen encoder in eval mode.
+    """
+
+    modality: str
+    out_dim: int
+    frozen: bool = False
+
+    def encode(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def num_tokens(self, num_frames: int) -> int:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.frozen:
+            with torch.no_grad():
+                return self.encode(x)
+        return self.encode(x)
+
+    def freeze(self) -> Encoder:
+        freeze(self)
+        self.frozen = True
+        return self
+
+    def train(self, mode: bool = True) -> Encoder:
+        return super().train(False if self.frozen else mode)
+
+    def _finish(self, frozen: bool) -> None:
+        """Called at the end of every subclass ``__init__`` so ``freeze=True`` works uniformly."""
+        if frozen:
+            self.freeze()
+
+
+class FrozenExtractor(Encoder):
+    """Wrap any encoder-like module as a frozen extractor (eval forever, no grad).
+
+    Forwards ``modality``, ``out_dim`` and ``num_tokens`` of the wrapped module when it has them,
+    so a frozen backbone is a drop-in replacement for a trainable one.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.modality = getattr(module, "modality", "")
+        self.out_dim = int(getattr(module, "out_dim", 0))
+        self.freeze()
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.module(x)
+
+    def num_tokens(self, num_frames: int) -> int:
+        fn = getattr(self.module, "num_tokens", None)
+        if fn is None:
+            raise AttributeError(f"{type(self.module).__name__} does not define num_tokens")
+        return int(fn(num_frames))
+
+
+def build_encoder(name: str, modality: str, freeze: bool = False, **options: Any) -> Encoder:
+    """Build a registered encoder by name; ``freeze`` freezes it whatever its own options say."""
+    enc = ENCODERS.build(name, modality=modality, **options)
+    if freeze and not enc.frozen:
+        enc.freeze()
+    return enc
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a foreign checkpoint without unpickling arbitrary objects.
+
+    ``.safetensors`` files go through safetensors; anything else through
+    ``torch.load(weights_only=True)``. Common wrappers (``state_dict``, ``model``, ``module``) and
+    DDP's ``module.`` prefix are removed, so checkpoints saved by training scripts load directly.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd: Any = load_file(str(p), device="cpu")
+    else:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module", "model_state"):
+        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+            sd = sd[key]
+            break
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"{p}: expected a state dict (mapping of tensors), got {type(sd).__name__}")
+    out = {str(k): v for k, v in sd.items() if isinstance(v, Tensor)}
+    if out and all(k.startswith("module.") for k in out):
+        out = {k[len("module.") :]: v for k, v in out.items()}
+    return out
+
+
+def drop_prefixes(sd: Mapping[str, Tensor], prefixes: tuple[str, ...]) -> dict[str, Tensor]:
+    """State dict without the keys of removed heads (classifier weights the encoder does not have)."""
+    return {k: v for k, v in sd.items() if not k.startswith(prefixes)}
+
+
+def package_file(package: str, *parts: str) -> Path:
+    """Path of a data file shipped inside an installed package (no import side effects)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed")
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder).joinpath(*parts)
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{'/'.join(parts)} not found in package {package!r}")
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` as a module, so the statistics move with ``.to(device)``."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
+
+
+class TemporalMixer(nn.Module):
+    """Light temporal mixing of per-frame tokens: residual depthwise 1D conv over time + MLP.
+
+    Per-frame 2D encoders see no motion; a kernel-3 depthwise conv lets each token look at its
+    neighbours in time at negligible cost. ``layers=0`` makes it the identity.
+    """
+
+    def __init__(self, dim: int, layers: int = 1, kernel: int = 3) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            self.blocks.append(
+                nn.ModuleDict(
+                    {
+                        "norm": nn.LayerNorm(dim),
+                        "conv": nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim),
+                        "mlp": nn.Sequential(nn.Linear(dim, dim), nn.GELU()),
+                    }
+                )
+            )
+
+    def forward(self, x: Tensor, num_frames: int) -> Tensor:
+        """``x``: ``[B, T * S, d]`` (time-major, ``S`` tokens per frame) -> same shape."""
+        if not self.blocks:
+            return x
+        b, n, d = x.shape
+        s = n // num_frames
+        for blk in self.blocks:
+            h = blk["norm"](x).view(b, num_frames, s, d).permute(0, 2, 3, 1).reshape(b * s, d, num_frames)
+            h = blk["conv"](h).view(b, s, d, num_frames).permute(0, 3, 1, 2).reshape(b, n, d)
+            x = x + blk["mlp"](h)
+        return x
+
+
+def grid_tokens(feat: Tensor, grid: int) -> Tensor:
+    """``[N, C, h, w]`` feature maps -> ``[N, grid*grid, C]`` tokens by adaptive average pooling."""
+    pooled = nn.functional.adaptive_avg_pool2d(feat, grid)
+    return pooled.flatten(2).transpose(1, 2)
+
+
+def fold_frames(x: Tensor, trailing: int) -> tuple[Tensor, int, int]:
+    """``[B, T, *trailing dims]`` -> ``[B*T, *trailing]``; returns it with B and T."""
+    if x.dim() != trailing + 2:
+        raise ValueError(f"expected [B, T, ...] with {trailing} trailing dims, got shape {tuple(x.shape)}")
+    b, t = x.shape[:2]
+    return x.reshape(b * t, *x.shape[2:]), b, t
