@@ -69,6 +69,28 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_karmma(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("karmma", help="robust multimodal distillation: train and evaluate",
+                       description="KARMMA: frozen-extractor teacher distilled into an any-subset student.")
+    ksub = p.add_subparsers(dest="karmma_cmd", required=True, metavar="COMMAND")
+    s = ksub.add_parser("train", help="run the whole pipeline (fit, cache, teacher, rows, evaluation)",
+                        description="Unimodal fit (where no pretrained extractor exists), teacher token cache, "
+                        "teacher, the configured rows (baseline, baseline_delta, student, mmt, late_fusion), "
+                        "evaluation on every modality subset and the drop-rate curve, efficiency. Resume a killed "
+                        "run with run.resume=RUN_DIR. Launch under torchrun for DDP.")
+    s.add_argument("experiment", nargs="?", help="experiment YAML (e.g. configs/karmma/synthetic.yaml)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. student.alpha=0.7")
+    s.set_defaults(func=cmd_karmma_train)
+
+    p = sub.add_parser("unimodal", help="fit unimodal teacher extractors",
+                       description="Train the teacher's unimodal extractors that have no pretrained weights.")
+    usub = p.add_subparsers(dest="unimodal_cmd", required=True, metavar="COMMAND")
+    s = usub.add_parser("fit", help="fit the extractors listed in teacher.fit_unimodal (cached by config)")
+    s.add_argument("experiment", nargs="?", help="experiment YAML")
+    s.add_argument("overrides", nargs="*", help="dotted overrides")
+    s.set_defaults(func=cmd_unimodal_fit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from actdistill import __version__
 
@@ -83,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data(sub)
     _add_config(sub)
+    _add_karmma(sub)
     _add_demo(sub)
     return parser
 
@@ -143,6 +166,45 @@ def cmd_config(args: argparse.Namespace) -> int:
     experiment, overrides = _split_experiment(args.experiment, args.overrides)
     cfg = build_config(ExperimentConfig, experiment, overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def _karmma_setup(args: argparse.Namespace, name: str):
+    from actdistill.config import build_config
+    from actdistill.data.datasets.synthetic_loader import ensure_synthetic
+    from actdistill.engine.karmma import KarmmaConfig
+    from actdistill.rundir import open_run_dir, save_config
+
+    experiment, overrides = _split_experiment(args.experiment, args.overrides)
+    cfg = build_config(KarmmaConfig, experiment, [f"run.name={name}", *overrides])
+    if cfg.data.dataset == "synthetic":
+        opts = cfg.data.options
+        ensure_synthetic(cfg.data.root, int(opts.get("seed", 0)), str(opts.get("size", "small")), cfg.run.progress)
+        opts["generate"] = False
+    run_dir = open_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.resume)
+    save_config(run_dir, cfg)
+    print(f"run directory: {run_dir}", flush=True)
+    return cfg, run_dir
+
+
+def cmd_karmma_train(args: argparse.Namespace) -> int:
+    from actdistill.engine.karmma import run_karmma
+
+    cfg, run_dir = _karmma_setup(args, "karmma")
+    run_karmma(cfg, run_dir)
+    print((run_dir / "report.md").read_text())
+    return 0
+
+
+def cmd_unimodal_fit(args: argparse.Namespace) -> int:
+    from actdistill.engine.karmma import KarmmaPipeline
+
+    cfg, run_dir = _karmma_setup(args, "unimodal")
+    pipe = KarmmaPipeline(cfg, run_dir)
+    pipe.load_data()
+    for m in cfg.teacher.fit_unimodal:
+        if m in pipe.modalities:
+            print(f"{m}: {pipe.fit_unimodal(m)}")
     return 0
 
 

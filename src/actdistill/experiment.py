@@ -18,6 +18,7 @@ class RunConfig:
     seed: int = 0
     resume: str | None = None  # an existing run directory to continue
     progress: bool = True
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
 
 @dataclass

@@ -4,7 +4,7 @@ FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a real forw
 reported as GFLOPs (floating-point operations, where one multiply-add counts as 2 FLOPs), not
 MACs. Latency follows fixed methodology: warm-up iterations, then timed repeats, median
 reported with min and max. Peak memory on CPU is the peak of bytes held by tensors allocated
-during the forward (tracked with the profiler's memory events); on CUDA it is
+during the forward (tracked op by op with a dispatch mode); on CUDA it is
 ``torch.cuda.max_memory_allocated`` after a reset.
 """
 
@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -37,8 +40,53 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+class _LiveTensorBytes(TorchDispatchMode):
+    """Counts bytes of tensor storages created by ops while active, and their peak.
+
+    A storage is counted once, when the first op output on it appears, and released when the
+    last Python tensor created on it here is garbage-collected: that is the activation memory a
+    forward pass holds (weights and inputs, created before, are excluded).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, list[int]] = {}  # storage ptr -> [bytes, referencing tensors]
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, key: int) -> None:
+        entry = self.live.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            self.current -= entry[0]
+            del self.live[key]
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        flat_in = tree_flatten((args, kwargs))[0]
+        inputs = {a.untyped_storage().data_ptr() for a in flat_in if isinstance(a, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key == 0:
+                    continue
+                entry = self.live.get(key)
+                if entry is None and key in inputs:
+                    continue  # a view or in-place result on memory that existed before this op
+                if entry is None:
+                    entry = self.live[key] = [storage.nbytes(), 0]
+                    self.current += entry[0]
+                    self.peak = max(self.peak, self.current)
+                entry[1] += 1
+                weakref.finalize(t, self._release, key)
+        return out
+
+
 def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | None = None) -> int:
-    """Peak bytes allocated by tensors during ``fn`` (activations + outputs; weights excluded)."""
+    """Peak bytes held by tensors allocated during ``fn`` (activations + outputs; weights excluded)."""
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -47,20 +95,11 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | None = None)
             fn()
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        ((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage != 0),
-        key=lambda x: x[0],
-    )
-    # self-memory of each op: positive = allocation, negative = free; running sum gives the live bytes
-    cur = peak = 0
-    for _, delta in events:
-        cur += delta
-        peak = max(peak, cur)
-    return int(peak)
+    tracker = _LiveTensorBytes()
+    with torch.no_grad(), tracker:
+        out = fn()
+    del out
+    return int(tracker.peak)
 
 
 def time_fn(

@@ -1,0 +1,582 @@
+"""The KARMMA pipeline: unimodal fit -> cached teacher tokens -> teacher -> student rows -> evaluation.
+
+Stages (each resumable, each skipped when its result is already on disk):
+
+1. **Clips.** Decode ``cache.train_views`` fixed training views and the test views of every
+   sample once (:mod:`actdistill.engine.clips`).
+2. **Unimodal fit.** Modalities whose teacher extractor has no pretrained weights here get one
+   trained first (a compact encoder + linear heads, cross-entropy), then frozen. Fitted weights
+   are cached by configuration, so a second run reuses them.
+3. **Teacher tokens.** The frozen extractors run once per sample and view; tokens are cached.
+4. **Teacher.** The fusion block (embedding + CLS + transformer + multi-head MLP) is trained on
+   cached tokens with modality dropout.
+5. **Rows.** The student architecture is trained as the paper's rows: Baseline (CE, no
+   dropout), Baseline w/ δ (dropout + missing-modality tokens, CE), KARMMA student (δ + KD from
+   the teacher on the same dropped input), plus comparison rows: the single Missing Modality
+   Token variant and a late-fusion ensemble.
+6. **Evaluation.** Every non-empty modality subset, the drop-rate curve, AUC, worst subset,
+   calibration, and efficiency (params, GFLOPs, peak memory, latency, throughput) per subset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from actdistill.config import to_dict
+from actdistill.data.builder import DataConfig, load_index
+from actdistill.distill.dropout import modality_dropout
+from actdistill.distill.losses import ce_loss, kd_loss
+from actdistill.engine.cache import FeatureCache, cache_key_hash
+from actdistill.engine.checkpoint import load_weights, save_weights
+from actdistill.engine.clips import ClipTensors, clip_cache_key, load_clips, map_clips, stack_entries
+from actdistill.engine.distributed import init_from_env, is_main, main_first, wrap_ddp
+from actdistill.engine.trainer import OptimConfig, fit
+from actdistill.evaluation.efficiency import count_parameters, profile_forward
+from actdistill.evaluation.protocols import DROP_RATES, evaluate_missing_modalities, modality_subsets, subset_name
+from actdistill.experiment import RunConfig
+from actdistill.models.encoders.base import Encoder, build_encoder
+from actdistill.models.fusion import KARMMAFusion, MultimodalRecognizer, build_karmma
+from actdistill.models.heads import MultiHeadMLP
+from actdistill.models.late_fusion import build_late_fusion
+
+ROW_KINDS = ("baseline", "baseline_delta", "student", "mmt", "late_fusion")
+
+
+@dataclass
+class ModelSpec:
+    """Encoders per modality (``{name, **options}``; default: built-in compact of ``size``) + fusion options."""
+
+    size: str = "student"
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fusion: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TeacherConfig:
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(
+        size="teacher",
+        encoders={"rgb": {"name": "mobilenet_v2", "pretrained": "imagenet-offline"}},
+        fusion={"dim": 256, "depth": 2, "num_heads": 4},
+    ))
+    fit_unimodal: list[str] = field(default_factory=lambda: ["flow", "audio", "depth", "boxes", "imu"])
+    modality_dropout: float = 0.5
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=15, lr=5e-4, batch_size=32))
+    unimodal_optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=6, lr=2e-3, batch_size=32))
+
+
+@dataclass
+class StudentConfig:
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(
+        size="student", fusion={"dim": 128, "depth": 1, "num_heads": 4, "missing": "tokens"}))
+    modality_dropout: float = 0.5
+    alpha: float = 0.5
+    temperature: float = 1.0
+    teacher_input: str = "dropped"  # dropped (paper v3: the teacher sees the student's input) | all (v1)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=15, lr=1e-3, batch_size=32))
+
+
+@dataclass
+class CacheConfig:
+    root: str = ".cache/actdistill"
+    train_views: int = 2
+
+
+@dataclass
+class KarmmaEvalConfig:
+    drop_rates: list[float] = field(default_factory=lambda: list(DROP_RATES))
+    seed: int = 0
+    batch_size: int = 64
+    efficiency: bool = True
+    latency_batch: int = 1
+    throughput_batch: int = 16
+    warmup: int = 2
+    repeats: int = 5
+
+
+@dataclass
+class KarmmaConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    rows: list[str] = field(default_factory=lambda: ["baseline", "baseline_delta", "student"])
+    action_head: bool = False  # EPIC: action = verb and noun both correct (False) or a separate head
+    eval: KarmmaEvalConfig = field(default_factory=KarmmaEvalConfig)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _heads(classes: dict[str, list[str]], action_head: bool) -> dict[str, int]:
+    heads = {t: len(v) for t, v in classes.items() if v and (t != "action" or action_head)}
+    if not heads:
+        raise ValueError("the dataset defines no class list to train on")
+    return heads
+
+
+class UnimodalClassifier(nn.Module):
+    """Encoder + mean over tokens + multi-head MLP: how a teacher extractor is fitted when no
+    pretrained weights exist for its modality."""
+
+    def __init__(self, encoder: Encoder, heads: dict[str, int]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = MultiHeadMLP(encoder.out_dim, heads)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.head(self.encoder(x).mean(1))
+
+
+def _spec_opts(spec: ModelSpec, m: str) -> tuple[str, dict[str, Any]]:
+    opts = dict(spec.encoders.get(m, {}))
+    name = str(opts.pop("name", "compact"))
+    if name in ("compact", "frames", "flow", "spectrogram", "boxes", "imu"):
+        opts.setdefault("size", spec.size)
+    return name, opts
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _log(msg: str) -> None:
+    if is_main():
+        print(msg, flush=True)
+
+
+# ------------------------------------------------------------------------------------------- pipeline
+class KarmmaPipeline:
+    def __init__(self, cfg: KarmmaConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = init_from_env()
+        self.progress = cfg.run.progress
+        self.modalities = tuple(cfg.data.modalities)
+        self.timings: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------------- data
+    def load_data(self) -> None:
+        t0 = time.perf_counter()
+        data = self.cfg.data
+        with main_first():
+            self.train_index = load_index(data, data.train_split)
+            self.test_index = load_index(data, data.test_split)
+        self.heads = _heads(self.train_index.classes, self.cfg.action_head)
+        self.classes = self.train_index.classes
+        root = self.cfg.cache.root
+        self.train_clips = load_clips(data, data.train_split, True, self.cfg.cache.train_views, root,
+                                      self.train_index, self.progress)
+        self.test_clips = load_clips(data, data.test_split, False, data.sampling.test_views, root,
+                                     self.test_index, self.progress)
+        self.timings["data"] = time.perf_counter() - t0
+        _log(f"data: {len(self.train_clips[0])} train clips x {len(self.train_clips)} views, "
+             f"{len(self.test_clips[0])} test clips, tasks {self.heads} ({self.timings['data']:.1f}s)")
+
+    # ---------------------------------------------------------------------------- unimodal fit
+    def _unimodal_key(self, m: str) -> dict[str, Any]:
+        name, opts = _spec_opts(self.cfg.teacher.model, m)
+        return {"kind": "unimodal", "modality": m, "encoder": name, "options": opts, "heads": self.heads,
+                "optim": to_dict(self.cfg.teacher.unimodal_optim), "seed": self.cfg.run.seed,
+                "views": self.cfg.cache.train_views,
+                "clips": clip_cache_key(self.cfg.data, self.cfg.data.train_split, True)}
+
+    def fit_unimodal(self, m: str) -> Path:
+        """Train modality ``m``'s teacher extractor (or reuse a cached fit); returns its weights file."""
+        key = self._unimodal_key(m)
+        out = Path(self.cfg.cache.root) / "unimodal" / f"{m}-{cache_key_hash(key)}.safetensors"
+        if out.exists():
+            _log(f"unimodal {m}: reusing {out}")
+            return out
+        name, opts = _spec_opts(self.cfg.teacher.model, m)
+        torch.manual_seed(self.cfg.run.seed)
+        model = UnimodalClassifier(build_encoder(name, modality=m, **opts), self.heads).to(self.device)
+        j = self.modalities.index(m)
+        views = [self._rows_with(c, j) for c in self.train_clips]
+        ocfg = self.cfg.teacher.unimodal_optim
+        gen = torch.Generator().manual_seed(self.cfg.run.seed)
+
+        def batches(epoch: int):
+            return views[epoch % len(views)].batches(ocfg.batch_size, shuffle=True, generator=gen)
+
+        def step(b: dict[str, Any]) -> dict[str, torch.Tensor]:
+            logits = model(b["inputs"][m].to(self.device))
+            return ce_loss(logits, {t: y.to(self.device) for t, y in b["labels"].items()})
+
+        steps = -(-len(views[0]) // ocfg.batch_size)
+        t0 = time.perf_counter()
+        hist = fit(model, step, batches, steps, ocfg, self.run_dir, f"unimodal_{m}", self.progress)["history"]
+        self.timings[f"unimodal_{m}"] = time.perf_counter() - t0
+        acc = self._unimodal_accuracy(model, m)
+        _log(f"unimodal {m}: loss {hist[-1]['loss']:.3f}, test top-1 {acc} ({self.timings[f'unimodal_{m}']:.1f}s)")
+        if is_main():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            save_weights(model.encoder, out, metadata={"modality": m, "key": json.dumps(key, default=str)})
+        return out
+
+    @staticmethod
+    def _rows_with(clips: ClipTensors, j: int) -> ClipTensors:
+        idx = clips.present[:, j].nonzero().squeeze(1)
+        return ClipTensors(clips.modalities, {k: v[idx] for k, v in clips.inputs.items()}, clips.present[idx],
+                           {t: y[idx] for t, y in clips.labels.items()}, [clips.uids[i] for i in idx.tolist()])
+
+    def _unimodal_accuracy(self, model: UnimodalClassifier, m: str) -> dict[str, float]:
+        from actdistill.evaluation.metrics import score
+
+        model.eval()
+        clips = self._rows_with(self.test_clips[0], self.modalities.index(m))
+        logits: dict[str, list[torch.Tensor]] = {}
+        with torch.no_grad():
+            for b in clips.batches(64, shard=False):
+                for t, v in model(b["inputs"][m].to(self.device)).items():
+                    logits.setdefault(t, []).append(v.cpu())
+        s = score({t: torch.cat(v) for t, v in logits.items()}, clips.labels)
+        return {k: round(v, 1) for k, v in s.items() if k.endswith("top1")}
+
+    # -------------------------------------------------------------------------- teacher tokens
+    def build_extractors(self) -> dict[str, Encoder]:
+        ext: dict[str, Encoder] = {}
+        self.extractor_ids: dict[str, Any] = {}
+        for m in self.modalities:
+            name, opts = _spec_opts(self.cfg.teacher.model, m)
+            if m in self.cfg.teacher.fit_unimodal and not opts.get("pretrained"):
+                path = self.fit_unimodal(m)
+                enc = build_encoder(name, modality=m, **opts)
+                load_weights(enc, path)
+                self.extractor_ids[m] = {"encoder": name, "options": opts, "weights": _file_hash(path)}
+            else:
+                enc = build_encoder(name, modality=m, **opts)
+                self.extractor_ids[m] = {"encoder": name, "options": opts}
+            ext[m] = enc.freeze().to(self.device)
+        return ext
+
+    def teacher_tokens(self, extractors: dict[str, Encoder]) -> None:
+        """Run the frozen extractors once per sample and view; cache the tokens."""
+        from actdistill.models.base import encode_present
+
+        t0 = time.perf_counter()
+        self.token_counts: dict[str, int] = {}
+
+        def fn(inputs: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
+            inputs = {k: v.to(self.device) for k, v in inputs.items()}
+            tokens, counts = encode_present(extractors, self.modalities, inputs, present.to(self.device))
+            self.token_counts.update(counts)
+            return {k: v.cpu() for k, v in tokens.items()}
+
+        def tokens_for(split: str, views: list[ClipTensors]) -> list[ClipTensors]:
+            out = []
+            for k, clips in enumerate(views):
+                train = split == self.cfg.data.train_split
+                key = {"kind": "teacher_tokens", "extractors": self.extractor_ids,
+                       "clips": clip_cache_key(self.cfg.data, split, train)}
+                cache = FeatureCache(self.cfg.cache.root, f"tokens-{split}", key)
+                missing = [u for u in clips.uids if (u, k) not in cache]
+                if missing and is_main():
+                    mapped = map_clips(clips, fn, 32, f"teacher tokens {split} view {k + 1}", self.progress)
+                    for i, uid in enumerate(mapped.uids):
+                        cache.add(uid, k, {m: mapped.inputs[m][i] for j, m in enumerate(self.modalities)
+                                           if m in mapped.inputs and mapped.present[i, j]})
+                    cache.flush()
+                    cache.set_meta(token_counts=self.token_counts)
+                cache = FeatureCache(self.cfg.cache.root, f"tokens-{split}", key)
+                cache.preload()
+                self.token_counts.update(cache.meta.get("token_counts", {}))
+                segs = [_Uid(u, {t: int(clips.labels[t][i]) for t in clips.labels}) for i, u in enumerate(clips.uids)]
+                out.append(stack_entries(self.modalities, [cache.get(u, k) for u in clips.uids], segs,
+                                         list(clips.labels)))
+            return out
+
+        with main_first():
+            self.train_tokens = tokens_for(self.cfg.data.train_split, self.train_clips)
+            self.test_tokens = tokens_for(self.cfg.data.test_split, self.test_clips)
+        self.timings["teacher_tokens"] = time.perf_counter() - t0
+        _log(f"teacher tokens cached ({self.timings['teacher_tokens']:.1f}s): "
+             f"{ {m: tuple(v.shape[1:]) for m, v in self.train_tokens[0].inputs.items()} }")
+
+    # --------------------------------------------------------------------------------- teacher
+    def train_teacher(self, extractors: dict[str, Encoder]) -> MultimodalRecognizer:
+        t0 = time.perf_counter()
+        spec = self.cfg.teacher.model
+        torch.manual_seed(self.cfg.run.seed)
+        in_dims = {m: extractors[m].out_dim for m in self.modalities}
+        fusion = KARMMAFusion(self.modalities, in_dims, self.heads, num_tokens=self.token_counts,
+                              **spec.fusion).to(self.device)
+        ocfg = self.cfg.teacher.optim
+        p = self.cfg.teacher.modality_dropout
+        gen = torch.Generator().manual_seed(self.cfg.run.seed + 1)
+        drop_gen = torch.Generator().manual_seed(self.cfg.run.seed + 2)
+        model = wrap_ddp(fusion, self.device)
+
+        def batches(epoch: int):
+            return self.train_tokens[epoch % len(self.train_tokens)].batches(ocfg.batch_size, True, gen)
+
+        def step(b: dict[str, Any]) -> dict[str, torch.Tensor]:
+            mask = modality_dropout(b["present"], p, drop_gen) if p > 0 else b["present"]
+            tokens = {m: x.to(self.device) for m, x in b["inputs"].items()}
+            out = model(tokens, mask.to(self.device), self.token_counts)
+            return ce_loss(out["logits"], {t: y.to(self.device) for t, y in b["labels"].items()})
+
+        steps = -(-len(self.train_tokens[0]) // ocfg.batch_size)
+        fit(model, step, batches, steps, ocfg, self.run_dir, "teacher", self.progress)
+        self.timings["teacher"] = time.perf_counter() - t0
+        teacher = MultimodalRecognizer(extractors, fusion).eval()
+        if is_main():
+            save_weights(teacher, self.run_dir / "teacher.safetensors")
+        return teacher
+
+    # ------------------------------------------------------------------------------------ rows
+    def build_row(self, kind: str) -> nn.Module:
+        spec = self.cfg.student.model
+        enc = {m: {"name": n, **o} for m in self.modalities for n, o in [_spec_opts(spec, m)]}
+        if kind == "late_fusion":
+            return build_late_fusion(self.modalities, self.heads, spec.size, enc)
+        fusion = dict(spec.fusion)
+        if kind == "mmt":
+            fusion["missing"] = "single_token"
+        return build_karmma(self.modalities, self.heads, spec.size, enc, **fusion)
+
+    def train_row(self, kind: str, teacher: MultimodalRecognizer | None) -> nn.Module:
+        if kind not in ROW_KINDS:
+            raise ValueError(f"unknown row {kind!r}; choose from {ROW_KINDS}")
+        t0 = time.perf_counter()
+        scfg = self.cfg.student
+        torch.manual_seed(self.cfg.run.seed)
+        model = self.build_row(kind).to(self.device)
+        ddp = wrap_ddp(model, self.device)
+        p = 0.0 if kind == "baseline" else scfg.modality_dropout
+        kd = kind in ("student", "mmt")
+        gen = torch.Generator().manual_seed(self.cfg.run.seed + 1)
+        drop_gen = torch.Generator().manual_seed(self.cfg.run.seed + 2)
+        ocfg = scfg.optim
+
+        def batches(epoch: int):
+            view = epoch % len(self.train_clips)
+            for b in self.train_clips[view].batches(ocfg.batch_size, True, gen):
+                if kd:
+                    tb = self.train_tokens[view].batch(b["index"])
+                    b["teacher_tokens"] = tb["inputs"]
+                yield b
+
+        def step(b: dict[str, Any]) -> dict[str, torch.Tensor]:
+            present = b["present"]
+            mask = modality_dropout(present, p, drop_gen) if p > 0 else present
+            inputs = {m: x.to(self.device) for m, x in b["inputs"].items()}
+            labels = {t: y.to(self.device) for t, y in b["labels"].items()}
+            out = ddp(inputs, mask.to(self.device))
+            if not kd:
+                return ce_loss(out["logits"], labels)
+            assert teacher is not None
+            t_mask = mask if scfg.teacher_input == "dropped" else present
+            with torch.no_grad():
+                tokens = {m: x.to(self.device) for m, x in b["teacher_tokens"].items()}
+                t_out = teacher.fusion(tokens, t_mask.to(self.device), self.token_counts)
+            return kd_loss(out["logits"], t_out["logits"], labels, scfg.alpha, scfg.temperature)
+
+        steps = -(-len(self.train_clips[0]) // ocfg.batch_size)
+        fit(ddp, step, batches, steps, ocfg, self.run_dir, kind, self.progress)
+        self.timings[kind] = time.perf_counter() - t0
+        model.eval()
+        if is_main():
+            save_weights(model, self.run_dir / f"{kind}.safetensors")
+        _log(f"{kind}: trained in {self.timings[kind]:.1f}s")
+        return model
+
+    # ------------------------------------------------------------------------------ evaluation
+    def _eval_batches(self, views: list[ClipTensors]) -> list[dict[str, Any]]:
+        out = []
+        for idx in torch.arange(len(views[0])).split(self.cfg.eval.batch_size):
+            parts = [v.batch(idx) for v in views]
+            out.append({"views": [p["inputs"] for p in parts], "present": parts[0]["present"],
+                        "labels": parts[0]["labels"], "index": idx})
+        return out
+
+    def evaluate(self, name: str, predict_one: Any, views: list[ClipTensors]) -> dict[str, Any]:
+        def predict(batch: dict[str, Any], present: torch.Tensor) -> dict[str, torch.Tensor]:
+            outs = [predict_one({m: x.to(self.device) for m, x in inp.items()}, present.to(self.device))
+                    for inp in batch["views"]]
+            return {t: torch.stack([o[t] for o in outs]).mean(0).cpu() for t in outs[0]}
+
+        t0 = time.perf_counter()
+        res = evaluate_missing_modalities(predict, self._eval_batches(views), self.modalities,
+                                          self.cfg.eval.drop_rates, self.cfg.eval.seed)
+        self.timings[f"eval_{name}"] = time.perf_counter() - t0
+        return res
+
+    def efficiency(self, model: nn.Module, kind: str) -> dict[str, dict[str, float]]:
+        """Per subset: params used, GFLOPs/clip, peak activation memory, latency (batch 1), throughput."""
+        ecfg = self.cfg.eval
+        clips = self.test_clips[0]
+        out: dict[str, dict[str, float]] = {}
+        model = model.eval().to(self.device)
+        for subset in modality_subsets(self.modalities):
+            sel = torch.tensor([m in subset for m in self.modalities])
+            rows = (clips.present & sel).any(1).nonzero().squeeze(1)
+            if len(rows) == 0:
+                continue
+            res: dict[str, float] = {}
+            for bs, key in ((ecfg.latency_batch, "latency"), (ecfg.throughput_batch, "throughput")):
+                idx = rows[torch.arange(bs) % len(rows)]
+                b = clips.batch(idx)
+                inputs = {m: x.to(self.device) for m, x in b["inputs"].items() if m in subset}
+                present = (b["present"] & sel).to(self.device)
+                prof = profile_forward(lambda i=inputs, p=present: model(i, p), bs, self._params(model, subset),
+                                       ecfg.warmup, ecfg.repeats, self.device)
+                if key == "latency":
+                    res.update({k: prof[k] for k in ("params", "gflops", "peak_mem_mb", "latency_ms",
+                                                     "latency_min_ms", "latency_max_ms")})
+                else:
+                    res["throughput"] = prof["throughput"]
+                    res["throughput_batch"] = bs
+            out[subset_name(subset)] = res
+        return out
+
+    @staticmethod
+    def _params(model: nn.Module, subset: tuple[str, ...]) -> int:
+        """Parameters that take part in a forward on ``subset`` (encoders of absent modalities idle)."""
+        encoders = getattr(model, "encoders", None)
+        total = count_parameters(model)
+        if encoders is None:
+            return total
+        return total - sum(count_parameters(e) for m, e in encoders.items() if m not in subset)
+
+
+class _Uid:
+    """Minimal segment-like record for :func:`stack_entries` (uid + labels)."""
+
+    def __init__(self, uid: str, labels: dict[str, int]) -> None:
+        self.uid = uid
+        self.labels = labels
+
+
+
+
+# ------------------------------------------------------------------------------------------ run + report
+def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
+    """The whole pipeline; writes summary.json, report.md, predictions CSVs and plots into ``run_dir``."""
+    from actdistill.evaluation.report import (
+        plot_accuracy_vs_gflops,
+        plot_drop_curves,
+        plot_subset_accuracy,
+        write_predictions_csv,
+    )
+    from actdistill.rundir import write_json
+
+    t_start = time.perf_counter()
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    pipe = KarmmaPipeline(cfg, run_dir)
+    pipe.load_data()
+    extractors = pipe.build_extractors()
+    pipe.teacher_tokens(extractors)
+    teacher = pipe.train_teacher(extractors)
+    results: dict[str, dict[str, Any]] = {}
+    models: dict[str, nn.Module] = {"teacher": teacher}
+    results["teacher"] = pipe.evaluate("teacher", lambda tok, pr: teacher.fusion(tok, pr, pipe.token_counts)["logits"],
+                                       pipe.test_tokens)
+    _log(f"teacher: full {results['teacher']['subsets'][subset_name(pipe.modalities)]:.1f}, "
+         f"auc {results['teacher']['auc']:.1f}")
+    for kind in cfg.rows:
+        model = pipe.train_row(kind, teacher if kind in ("student", "mmt") else None)
+        models[kind] = model
+        results[kind] = pipe.evaluate(kind, lambda inp, pr, m=model: m(inp, pr)["logits"], pipe.test_clips)
+        full = results[kind]["subsets"][subset_name(pipe.modalities)]
+        _log(f"{kind}: full {full:.1f}, auc {results[kind]['auc']:.1f}")
+    if not is_main():
+        return {}
+    summary: dict[str, Any] = {}
+    for name, res in results.items():
+        eff = pipe.efficiency(models[name], name) if cfg.eval.efficiency else {}
+        summary[name] = {
+            "subsets": res["subsets"],
+            "drop_curve": res["drop_curve"],
+            "auc": res["auc"],
+            "worst_subset": res["worst_subset"],
+            "efficiency": eff,
+            "metrics": {"subsets": res["subset_metrics"], "drop": res["drop_metrics"]},
+        }
+        full = res["full"]
+        write_predictions_csv(run_dir / f"predictions_{name}.csv", pipe.test_clips[0].uids, full["logits"],
+                              full["labels"], pipe.classes)
+    write_json(run_dir / "summary.json", summary)
+    rates = cfg.eval.drop_rates
+    plot_drop_curves(run_dir / "drop_curve.png", {n: s["drop_curve"] for n, s in summary.items()}, rates)
+    plot_subset_accuracy(run_dir / "subset_accuracy.png", {n: s["subsets"] for n, s in summary.items()})
+    if cfg.eval.efficiency:
+        pts = {n: [(s["efficiency"][k]["gflops"], s["subsets"][k], k) for k in s["subsets"] if k in s["efficiency"]]
+               for n, s in summary.items()}
+        plot_accuracy_vs_gflops(run_dir / "accuracy_vs_gflops.png", pts)
+    pipe.timings["total"] = time.perf_counter() - t_start
+    targets = check_targets(summary, pipe.modalities)
+    write_json(run_dir / "run_info.json", {"timings_s": pipe.timings, "targets": targets, "heads": pipe.heads,
+                                           "train_clips": len(pipe.train_clips[0]),
+                                           "test_clips": len(pipe.test_clips[0]),
+                                           "skipped": pipe.train_clips[0].extra.get("skipped", 0)})
+    (run_dir / "report.md").write_text(render_report(summary, pipe.modalities, rates, targets, pipe.timings))
+    return summary
+
+
+def check_targets(summary: dict[str, Any], modalities: tuple[str, ...]) -> dict[str, Any]:
+    """The demo's acceptance targets, evaluated on the measured numbers."""
+    full = subset_name(modalities)
+    out: dict[str, Any] = {}
+    if {"student", "baseline"} <= set(summary):
+        s, b = summary["student"]["subsets"][full], summary["baseline"]["subsets"][full]
+        out["student_full_ge_baseline"] = {"student": s, "baseline": b, "ok": s >= b}
+    if "student" in summary:
+        c = summary["student"]["drop_curve"]
+        kept = c[-1] / c[0] if c[0] > 0 else 0.0
+        out["student_p09_keeps_70pct"] = {"p0": c[0], "p09": c[-1], "ratio": kept, "ok": kept >= 0.7}
+    if {"student", "baseline_delta"} <= set(summary):
+        s, d = summary["student"]["drop_curve"][-1], summary["baseline_delta"]["drop_curve"][-1]
+        out["student_p09_beats_baseline_delta"] = {"student": s, "baseline_delta": d, "ok": s > d}
+    if {"student", "teacher"} <= set(summary) and summary["student"]["efficiency"]:
+        st, te = summary["student"]["efficiency"][full], summary["teacher"]["efficiency"][full]
+        g = st["gflops"] / te["gflops"]
+        lat = te["latency_ms"] / st["latency_ms"]
+        out["student_gflops_le_025x"] = {"ratio": g, "ok": g <= 0.25}
+        out["student_latency_ge_4x_lower"] = {"speedup": lat, "ok": lat >= 4.0}
+    return out
+
+
+def render_report(summary: dict[str, Any], modalities: tuple[str, ...], rates: list[float],
+                  targets: dict[str, Any], timings: dict[str, float]) -> str:
+    from actdistill.evaluation.report import markdown_table
+
+    rows = list(summary)
+    subsets = list(next(iter(summary.values()))["subsets"])
+    lines = ["# KARMMA run report", "", "Action top-1 (%) on every modality subset:", ""]
+    lines.append(markdown_table(["subset", *rows], [[s, *[summary[r]["subsets"][s] for r in rows]] for s in subsets]))
+    lines += ["", "Dynamic drop-rate curve (action top-1 %, each modality dropped with probability p, "
+              "at least one kept):", ""]
+    lines.append(markdown_table(["p", *rows], [[p, *[summary[r]["drop_curve"][i] for r in rows]]
+                                              for i, p in enumerate(rates)]))
+    lines += ["", markdown_table(["row", "AUC (drop curve)", "worst subset", "worst acc"],
+                                 [[r, summary[r]["auc"], summary[r]["worst_subset"]["subset"],
+                                   summary[r]["worst_subset"]["accuracy"]] for r in rows])]
+    full = subset_name(modalities)
+    if all(summary[r]["efficiency"] for r in rows):
+        lines += ["", f"Efficiency on this machine (full input `{full}`; GFLOPs = floating-point operations "
+                  "per clip, not MACs; latency at batch 1, throughput at batch 16):", ""]
+        lines.append(markdown_table(
+            ["row", "params (M)", "GFLOPs", "peak act. mem (MB)", "latency (ms)", "throughput (clips/s)"],
+            [[r, summary[r]["efficiency"][full]["params"] / 1e6, summary[r]["efficiency"][full]["gflops"],
+              summary[r]["efficiency"][full]["peak_mem_mb"], summary[r]["efficiency"][full]["latency_ms"],
+              summary[r]["efficiency"][full]["throughput"]] for r in rows]))
+    if targets:
+        lines += ["", "Targets:", ""]
+        lines.append(markdown_table(["target", "measured", "met"],
+                                    [[k, json.dumps({a: round(b, 3) if isinstance(b, float) else b
+                                                     for a, b in v.items() if a != "ok"}), v["ok"]]
+                                     for k, v in targets.items()]))
+    lines += ["", "Stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), ""]
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""End-to-end smoke test of the KARMMA pipeline on the tiny synthetic dataset with tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from actdistill.config import build_config, to_dict
+from actdistill.data.datasets.synthetic import write_synthetic_epic
+from actdistill.demo import demo_config
+from actdistill.engine.karmma import KarmmaConfig, run_karmma
+
+TINY = [
+    "data.options.size=tiny", "data.options.generate=false", "data.modalities=[rgb,flow,audio,depth]",
+    "data.sampling.num_frames=4", "data.spatial.short_side=32", "data.spatial.crop_size=28",
+    "cache.train_views=1",
+    "teacher.model.encoders.rgb.pretrained=null", "teacher.model.encoders.rgb.width_mult=0.25",
+    "teacher.model.encoders.flow={name: compact, size: tiny}",
+    "teacher.model.encoders.audio={name: compact, size: tiny}",
+    "teacher.model.encoders.depth={name: compact, size: tiny}",
+    "teacher.model.fusion={dim: 32, depth: 1, num_heads: 2}",
+    "teacher.unimodal_optim.epochs=1", "teacher.optim.epochs=1",
+    "student.model.encoders.rgb={name: compact, size: tiny}",
+    "student.model.encoders.flow={name: compact, size: tiny}",
+    "student.model.encoders.audio={name: compact, size: tiny}",
+    "student.model.encoders.depth={name: compact, size: tiny}",
+    "student.model.fusion={dim: 16, depth: 1, num_heads: 2, missing: tokens}",
+    "student.optim.epochs=1", "rows=[baseline,baseline_delta,student,mmt,late_fusion]",
+    "eval.repeats=1", "eval.warmup=0", "eval.throughput_batch=2", "eval.drop_rates=[0.0,0.5,0.9]",
+    "run.progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "tiny"
+    write_synthetic_epic(root, seed=0, size="tiny", progress=False)
+    return root
+
+
+def test_demo_yaml_matches_shipped_config() -> None:
+    shipped = build_config(KarmmaConfig, Path(__file__).resolve().parents[1] / "configs/karmma/synthetic.yaml",
+                           ["run.name=demo"])
+    assert to_dict(shipped) == to_dict(demo_config())
+
+
+def test_pipeline_end_to_end_and_resume(tiny_root: Path, tmp_path: Path) -> None:
+    cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    summary = run_karmma(cfg, run_dir)
+    rows = ["teacher", "baseline", "baseline_delta", "student", "mmt", "late_fusion"]
+    assert list(summary) == rows
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    for row in rows:
+        s = on_disk[row]
+        assert len(s["subsets"]) == 15 and "rgb+flow+audio+depth" in s["subsets"]
+        assert len(s["drop_curve"]) == 3 and 0 <= s["auc"] <= 100
+        eff = s["efficiency"]["rgb+flow+audio+depth"]
+        assert {"params", "gflops", "peak_mem_mb", "latency_ms"} <= set(eff) and eff["gflops"] > 0
+    # fewer parameters/FLOPs when a modality is absent (its encoder is skipped)
+    st = on_disk["student"]["efficiency"]
+    assert st["rgb"]["gflops"] < st["rgb+flow+audio+depth"]["gflops"]
+    for name in ("report.md", "drop_curve.png", "subset_accuracy.png", "accuracy_vs_gflops.png",
+                 "predictions_student.csv", "teacher.safetensors", "student.safetensors", "run_info.json"):
+        assert (run_dir / name).exists(), name
+    # a second run over the same run directory resumes every stage from its checkpoint and reuses caches
+    again = run_karmma(cfg, run_dir)
+    assert again["student"]["subsets"] == summary["student"]["subsets"]
