@@ -45,9 +45,12 @@ def test_bad_values_and_yaml(tmp_path: Path) -> None:
 def test_shipped_configs_are_valid() -> None:
     configs = sorted(Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml"))
     assert configs, "no configs shipped"
+    from actdistill.engine.karmma import KarmmaConfig
+
+    schemas = {"data": ExperimentConfig, "karmma": KarmmaConfig}
     for path in configs:
-        if path.parent.name in ("data",):
-            build_config(ExperimentConfig, path)
+        if path.parent.name in schemas:
+            build_config(schemas[path.parent.name], path)
 
 
 def test_run_dir_never_overwrites(tmp_path: Path) -> None:

@@ -55,7 +55,8 @@ class ClipTensors:
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         if shard and world_size() > 1:
-            order = order[rank()::world_size()]
+            w = world_size()
+            order = order[: len(order) - len(order) % w][rank()::w]  # equal step counts on every rank
         for i in range(0, len(order), batch_size):
             yield self.batch(order[i:i + batch_size])
 

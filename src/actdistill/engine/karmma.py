@@ -175,10 +175,11 @@ class KarmmaPipeline:
         self.heads = _heads(self.train_index.classes, self.cfg.action_head)
         self.classes = self.train_index.classes
         root = self.cfg.cache.root
-        self.train_clips = load_clips(data, data.train_split, True, self.cfg.cache.train_views, root,
-                                      self.train_index, self.progress)
-        self.test_clips = load_clips(data, data.test_split, False, data.sampling.test_views, root,
-                                     self.test_index, self.progress)
+        with main_first():  # rank 0 decodes and caches; the others then read the cache
+            self.train_clips = load_clips(data, data.train_split, True, self.cfg.cache.train_views, root,
+                                          self.train_index, self.progress)
+            self.test_clips = load_clips(data, data.test_split, False, data.sampling.test_views, root,
+                                         self.test_index, self.progress)
         self.timings["data"] = time.perf_counter() - t0
         _log(f"data: {len(self.train_clips[0])} train clips x {len(self.train_clips)} views, "
              f"{len(self.test_clips[0])} test clips, tasks {self.heads} ({self.timings['data']:.1f}s)")
@@ -250,7 +251,8 @@ class KarmmaPipeline:
         for m in self.modalities:
             name, opts = _spec_opts(self.cfg.teacher.model, m)
             if m in self.cfg.teacher.fit_unimodal and not opts.get("pretrained"):
-                path = self.fit_unimodal(m)
+                with main_first():  # rank 0 fits; the others find the fitted weights afterwards
+                    path = self.fit_unimodal(m)
                 enc = build_encoder(name, modality=m, **opts)
                 load_weights(enc, path)
                 self.extractor_ids[m] = {"encoder": name, "options": opts, "weights": _file_hash(path)}

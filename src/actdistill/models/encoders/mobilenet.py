@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actdistill.models.encoders.base import (
@@ -47,6 +48,9 @@ class MobileNetV2Encoder(Encoder):
     or torch state-dict file, or ``None`` for random init. ``in_channels != 3`` (flow, depth) keeps
     the pretrained first conv by averaging its RGB filters (TSN's cross-modality initialisation);
     input normalisation is then left to the data. ``temporal_layers`` adds light temporal mixing.
+    ``input_size`` resizes frames (bilinear) before the network: ImageNet features are far better
+    at the scale they were trained on than at the low resolution a fast student uses, so a
+    teacher may read the same clips at a larger size.
     """
 
     def __init__(
@@ -60,10 +64,13 @@ class MobileNetV2Encoder(Encoder):
         temporal_layers: int = 0,
         temporal_kernel: int = 3,
         out_dim: int | None = None,
+        input_size: int | None = None,
         freeze: bool = False,
     ) -> None:
         super().__init__()
         from torchvision.models import mobilenet_v2
+
+        self.input_size = input_size
 
         net = mobilenet_v2(weights=None, width_mult=width_mult)
         if pretrained is not None:
@@ -100,5 +107,8 @@ class MobileNetV2Encoder(Encoder):
 
     def encode(self, x: Tensor) -> Tensor:
         frames, b, t = fold_frames(x, 3)
+        if self.input_size is not None and frames.shape[-2:] != (self.input_size, self.input_size):
+            frames = F.interpolate(frames, size=(self.input_size, self.input_size), mode="bilinear",
+                                   align_corners=False)
         tok = self.proj(grid_tokens(self.features(self.normalize(frames)), self.grid))
         return self.temporal(tok.reshape(b, t * self.grid**2, self.out_dim), t)
