@@ -50,7 +50,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 GENERATOR = "actdistill.synthetic_epic"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump whenever the bytes written for a (seed, size) change
 META_FILE = "synth_meta.json"
 # Written first and removed after META_FILE: proves a half-written folder is ours to clear.
 MARKER_FILE = ".synth_incomplete.json"
@@ -119,7 +119,7 @@ class NounSpec:
 
 COLOURS: dict[str, tuple[int, int, int]] = {  # RGB
     "white": (236, 234, 228),
-    "grey": (118, 122, 132),
+    "grey": (158, 166, 182),
     "brown": (140, 84, 40),
     "red": (205, 38, 36),
     "green": (40, 150, 60),
@@ -195,7 +195,7 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 # Counter-top base colours (RGB) a video's background is drawn from.
-_COUNTERS = ((186, 180, 168), (200, 182, 150), (162, 128, 96), (104, 108, 114), (142, 152, 142))
+_COUNTERS = ((150, 144, 132), (120, 124, 128), (158, 124, 92), (92, 96, 102), (132, 142, 132))
 
 # Nouns something can be put on ("put cup on board"): drawn as a static, larger object.
 _SURFACES = ("plate", "board:chopping", "tray")
@@ -203,9 +203,9 @@ _SURFACES = ("plate", "board:chopping", "tray")
 # Timing of one video: background gaps between sequential actions.
 SEGMENT_SECONDS = (0.8, 1.6)
 GAP_SECONDS = (0.2, 0.5)
-OBJECT_RADIUS = 7.0  # px at height 0: every noun has the same footprint
-FLOW_DISC = 9.0  # px: flow and depth draw the object as this disc, hiding its shape
-DEPTH_DISC = 8.0
+OBJECT_RADIUS = 9.0  # px at height 0: every noun has the same footprint
+FLOW_DISC = 11.5  # px: flow and depth draw the object as this disc, hiding its shape
+DEPTH_DISC = 10.0
 PERSPECTIVE = 0.08  # px the object moves up in the image per mm of height
 HAND_ANCHOR_DY = 14.0
 
@@ -305,7 +305,7 @@ def _segment_params(verb: str, rng: np.random.Generator) -> dict[str, float]:
     """The motion of one action: rest position, speed warp and the verb's own amplitudes."""
     p = {
         "x0": rng.uniform(30, 66),
-        "y0": rng.uniform(24, 42),
+        "y0": rng.uniform(28, 42),
         "theta0": rng.uniform(-0.4, 0.4),
         "warp": rng.uniform(0.85, 1.2),
         "entry_dx": rng.uniform(8, 20),
@@ -314,7 +314,7 @@ def _segment_params(verb: str, rng: np.random.Generator) -> dict[str, float]:
     if verb in ("take", "put"):
         p.update(carry_dx=rng.uniform(-4, 14), carry_dy=rng.uniform(34, 46), carry_h=rng.uniform(40, 70))
     elif verb in ("push", "pull"):
-        p.update(length=rng.uniform(16, 26), angle=rng.uniform(-0.35, 0.35))
+        p.update(length=rng.uniform(14, 22), angle=rng.uniform(-0.35, 0.35))
     elif verb == "lift":
         p.update(height=rng.uniform(90, 140))
     elif verb == "shake":
@@ -448,7 +448,7 @@ def kinematics(
     ex, ey = x0 + p["entry_dx"], FRAME_H + HAND_ANCHOR_DY
     zero = np.zeros_like(u)
     ox, oy, oh, oth = zero + x0, zero + y0, zero.copy(), zero + p["theta0"]
-    gx, gy = 3.0, 7.0  # where the hand holds the object, relative to its centre
+    gx, gy = 4.0, 10.0  # where the hand holds the object (its near edge), relative to its centre
     approach = _ease(0.0, 0.3, u)
     retreat = zero.copy()
     hh = zero + 20.0
@@ -473,7 +473,7 @@ def kinematics(
         ox = x0 + c * math.sin(p["angle"])
         oy = y0 + sign * c * math.cos(p["angle"])
         if verb == "push":
-            gx, gy = 0.0, 9.0  # behind the object
+            gx, gy = 0.0, 12.0  # behind the object
         retreat = _ease(0.85, 1.0, u)
     elif verb == "lift":
         oh = p["height"] * _ease(0.3, 0.65, u)
@@ -489,7 +489,7 @@ def kinematics(
         approach = _ease(0.0, 0.25, u)
         oth = oth + p["turn"] * _ease(0.3, 0.85, u)
         rot = oth - p["theta0"]
-        gx, gy = 3.0 * np.cos(rot) - 7.0 * np.sin(rot), 3.0 * np.sin(rot) + 7.0 * np.cos(rot)
+        gx, gy = 4.0 * np.cos(rot) - 10.0 * np.sin(rot), 4.0 * np.sin(rot) + 10.0 * np.cos(rot)
         retreat = _ease(0.9, 1.0, u)
     elif verb == "tap":
         tapping = True
@@ -819,7 +819,7 @@ class _VideoRenderer:
         """Soft masks of the hand (ellipse) and forearm (capsule to the bottom edge); ``w`` is the
         arm's position along its length (0 at the body, 1 at the hand), used for its flow."""
         g: dict[str, Any] = {"hand": None, "arm": None}
-        rx, ry = 6.0 * hs, 5.0 * hs
+        rx, ry = 5.5 * hs, 4.5 * hs
         win = self._win(hx - rx - 1, hx + rx + 1, hy - ry - 1, hy + ry + 1)
         if win is not None:
             sy, sx, x, y = win
