@@ -1,0 +1,51 @@
+"""Few-shot episodic models; importing this package registers them in ``MODELS``.
+
+Baselines: ``protonet`` (mean-pooled frames), ``otam`` (ordered temporal alignment), ``trx``
+(tuple cross-transformers), ``clip_fsar`` (text-modulated prototypes + OTAM). They share one
+contract (:class:`~actdistill.models.fewshot.protonet.FewShotHead`): frame features
+``[B, T, D]`` (or raw frames through a ``backbone``) and one episode in,
+``{"logits": [Q, way], "loss": ...}`` out. ``clip_m2df`` (CLIP-M²DF, ``specs/clip_m2df.md``) and
+its reference-checkpoint import are written separately and exported when present.
+"""
+
+from actdistill.models.fewshot.clip_fsar import CLIPFSAR, TemporalTransformer
+from actdistill.models.fewshot.otam import OTAM, frame_cosine_distance, otam_distance, otam_distance_loop
+from actdistill.models.fewshot.protonet import FewShotHead, ProtoNet, build_backbone, class_means, episode_way
+from actdistill.models.fewshot.trx import TRX, TemporalCrossTransformer
+
+__all__ = [
+    "CLIPFSAR",
+    "OTAM",
+    "TRX",
+    "FewShotHead",
+    "ProtoNet",
+    "TemporalCrossTransformer",
+    "TemporalTransformer",
+    "build_backbone",
+    "class_means",
+    "episode_way",
+    "frame_cosine_distance",
+    "otam_distance",
+    "otam_distance_loop",
+]
+
+try:  # the baselines must work before (and without) the CLIP-M²DF modules
+    from actdistill.models.fewshot.clip_m2df import CLIPM2DF, count_parameters
+    from actdistill.models.fewshot.reference_import import (
+        ImportReport,
+        export_reference_state_dict,
+        load_reference_state_dict,
+        read_state_dict,
+    )
+except ModuleNotFoundError as e:
+    if e.name not in (f"{__name__}.clip_m2df", f"{__name__}.reference_import"):
+        raise  # a module exists but one of its own imports is missing: say so instead of hiding it
+else:
+    __all__ += [
+        "CLIPM2DF",
+        "ImportReport",
+        "count_parameters",
+        "export_reference_state_dict",
+        "load_reference_state_dict",
+        "read_state_dict",
+    ]
