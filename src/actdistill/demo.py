@@ -34,15 +34,15 @@ teacher:
   model:
     size: teacher
     encoders:
-      rgb: {name: mobilenet_v2, pretrained: imagenet-offline}
-      flow: {name: compact, widths: [16, 32, 64, 128], blocks: 1}
-      audio: {name: compact, widths: [16, 32, 64, 128], blocks: 1}
-      depth: {name: compact, widths: [16, 32, 64, 128], blocks: 1}
+      rgb: {name: mobilenet_v2, pretrained: imagenet-offline, input_size: 112}
+      flow: {name: compact, widths: [16, 32, 64], blocks: 1}
+      audio: {name: compact, widths: [16, 32, 64], blocks: 1}
+      depth: {name: compact, widths: [16, 32, 64], blocks: 1}
     fusion: {dim: 256, depth: 2, num_heads: 4, dropout: 0.1}
   fit_unimodal: [flow, audio, depth]
   modality_dropout: 0.5
-  unimodal_optim: {epochs: 6, lr: 0.002, batch_size: 32}
-  optim: {epochs: 20, lr: 0.0005, batch_size: 32}
+  unimodal_optim: {epochs: 15, lr: 0.003, batch_size: 16}
+  optim: {epochs: 30, lr: 0.0005, batch_size: 16}
 student:
   model:
     size: student
@@ -56,7 +56,7 @@ student:
   alpha: 0.5
   temperature: 1.0
   teacher_input: dropped
-  optim: {epochs: 20, lr: 0.002, batch_size: 32}
+  optim: {epochs: 30, lr: 0.003, batch_size: 16}
 rows: [baseline, baseline_delta, student]
 eval:
   efficiency: true

@@ -30,15 +30,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import multiprocessing as mp
 import os
 import re
 import shutil
 import struct
-import sys
 import zlib
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -1447,15 +1445,8 @@ def _default_workers() -> int:
     return max(1, min(n, 8))
 
 
-def _pool_context() -> Any:
-    # fork is fastest and needs no importable __main__; workers only use numpy/OpenCV/PyAV.
-    if sys.platform == "linux" and "fork" in mp.get_all_start_methods():
-        return mp.get_context("fork")
-    return mp.get_context()
-
-
 def _worker_init() -> None:
-    # One process per core already: OpenCV's own thread pool would only oversubscribe.
+    # One render thread per core already: OpenCV's own thread pool would only oversubscribe.
     cv2.setNumThreads(1)
 
 
@@ -1468,7 +1459,9 @@ def _run_videos(
         return
     # Longest first keeps both workers busy until the end.
     order = sorted(plans, key=lambda p: -p.n_frames)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_worker_init) as ex:
+    # Threads, not processes: rendering is numpy/OpenCV/PyAV work that releases the GIL, and forked
+    # workers can deadlock in a parent that already runs thread pools (a test suite hung that way).
+    with ThreadPoolExecutor(max_workers=workers, initializer=_worker_init) as ex:
         futures = [ex.submit(render_video, str(root), plan, seed) for plan in order]
         try:
             for fut in as_completed(futures):
