@@ -16,11 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +23,7 @@ import torch
 from torch import Tensor
 
 import actdistill  # noqa: F401
+from _bench import machine, time_calls
 from actdistill.models.fewshot.otam import otam_distance, otam_distance_loop
 
 CASES: dict[str, tuple[int, int, int, int]] = {
@@ -36,37 +32,6 @@ CASES: dict[str, tuple[int, int, int, int]] = {
     "5w5s_per_video": (25, 25, 8, 8),
     "5w1s_train_16f": (25, 5, 16, 16),
 }
-
-
-def machine(device: torch.device) -> dict[str, object]:
-    info: dict[str, object] = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
 def bench_case(shape: tuple[int, ...], device: torch.device, warmup: int, repeats: int) -> dict[str, object]:

@@ -45,12 +45,28 @@ def test_bad_values_and_yaml(tmp_path: Path) -> None:
 def test_shipped_configs_are_valid() -> None:
     configs = sorted(Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml"))
     assert configs, "no configs shipped"
+    from actdistill.engine.fewshot import FewShotConfig
     from actdistill.engine.karmma import KarmmaConfig
 
-    schemas = {"data": ExperimentConfig, "karmma": KarmmaConfig}
+    schemas = {"data": ExperimentConfig, "karmma": KarmmaConfig, "fewshot": FewShotConfig}
     for path in configs:
         if path.parent.name in schemas:
             build_config(schemas[path.parent.name], path)
+
+
+def test_partial_section_keeps_the_enclosing_default(tmp_path: Path) -> None:
+    """``data: {root: x}`` in a few-shot config changes the root only: the splits, sampling and
+    options stay the few-shot defaults (not ``DataConfig()``'s), and mappings are replaced whole."""
+    from actdistill.engine.fewshot import FewShotConfig
+
+    exp = tmp_path / "fs.yaml"
+    exp.write_text("data:\n  root: /videos\n  sampling: {num_frames: 4}\n")
+    cfg = build_config(FewShotConfig, exp, ["data.options={benchmark: kinetics100}"])
+    default = FewShotConfig()
+    assert cfg.data.root == "/videos" and cfg.data.test_split == default.data.test_split == "test"
+    assert cfg.data.dataset == "fewshot" and cfg.data.sampling.mode == "uniform" and cfg.data.sampling.num_frames == 4
+    assert cfg.data.options == {"benchmark": "kinetics100"}
+    assert cfg.run.name == "fewshot" and default.data.root != "/videos"  # the default object is not mutated
 
 
 def test_run_dir_never_overwrites(tmp_path: Path) -> None:

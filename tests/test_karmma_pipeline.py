@@ -69,3 +69,29 @@ def test_pipeline_end_to_end_and_resume(tiny_root: Path, tmp_path: Path) -> None
     # a second run over the same run directory resumes every stage from its checkpoint and reuses caches
     again = run_karmma(cfg, run_dir)
     assert again["student"]["subsets"] == summary["student"]["subsets"]
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_ranks(tiny_root: Path, tmp_path: Path) -> None:
+    """The whole pipeline under ``torchrun`` with two gloo ranks: caches built once (rank 0 first),
+    the frozen teacher outside DDP, equal steps per rank, one run directory written by rank 0."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY,
+                             "rows=[baseline,student]", "eval.efficiency=false", f"run.out_dir={tmp_path / 'runs'}"])
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(to_dict(cfg)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534",
+           "-m", "actdistill.cli", "karmma", "train", str(exp), "run.name=ddp"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "runs").glob("ddp*"))
+    assert len(runs) == 1, runs  # rank 1 did not open a second run directory
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert list(summary) == ["teacher", "baseline", "student"]
+    assert all(len(s["subsets"]) == 15 for s in summary.values())

@@ -13,6 +13,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from actdistill.cli_fewshot import add_fewshot_parser
+
 DEFAULT_SYNTH_ROOT = "data/synthetic"
 
 
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_karmma(sub)
     _add_demo(sub)
+    add_fewshot_parser(sub)
     return parser
 
 
@@ -171,19 +174,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _karmma_setup(args: argparse.Namespace, name: str):
     from actdistill.config import build_config
-    from actdistill.data.datasets.synthetic_loader import ensure_synthetic
-    from actdistill.engine.karmma import KarmmaConfig
-    from actdistill.rundir import open_run_dir, save_config
+    from actdistill.engine.karmma import KarmmaConfig, prepare_run
 
     experiment, overrides = _split_experiment(args.experiment, args.overrides)
     cfg = build_config(KarmmaConfig, experiment, [f"run.name={name}", *overrides])
-    if cfg.data.dataset == "synthetic":
-        opts = cfg.data.options
-        ensure_synthetic(cfg.data.root, int(opts.get("seed", 0)), str(opts.get("size", "small")), cfg.run.progress)
-        opts["generate"] = False
-    run_dir = open_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.resume)
-    save_config(run_dir, cfg)
-    print(f"run directory: {run_dir}", flush=True)
+    run_dir = prepare_run(cfg)
     return cfg, run_dir
 
 

@@ -9,6 +9,7 @@ declared type. The merged result is what gets written into the run directory.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -111,16 +112,38 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
-    """Build dataclass ``cls`` from ``data`` on top of its defaults, validating every key."""
+def _field_default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "", base: Any = None) -> C:
+    """Build dataclass ``cls`` from ``data`` on top of its defaults, validating every key.
+
+    A nested section given only in part keeps the *enclosing* default for the rest: when
+    ``FewShotConfig.data`` defaults to the few-shot dataset, ``data: {root: x}`` changes the root
+    and nothing else (not a reset to ``DataConfig()``). ``base`` is that enclosing default.
+    Mappings and lists are replaced whole, so options meant for one dataset never leak into another.
+    """
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = list(fields)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else key
         if key not in names:
             raise ConfigError(f"unknown config key {where!r}{_suggest(key, names)}")
-        kwargs[key] = _coerce(value, hints[key], where)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            inner = getattr(base, key) if base is not None else _field_default(fields[key])
+            kwargs[key] = from_dict(tp, value, where, base=inner if isinstance(inner, tp) else None)  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _coerce(value, tp, where)
+    if base is not None:
+        for name, f in fields.items():
+            if name not in kwargs and f.init:
+                kwargs[name] = copy.deepcopy(getattr(base, name))
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:

@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from actdistill.config import build_config
-from actdistill.data.datasets.synthetic_loader import ensure_synthetic
-from actdistill.engine.karmma import KarmmaConfig, run_karmma
-from actdistill.rundir import open_run_dir, save_config
+from actdistill.engine.distributed import is_main
+from actdistill.engine.karmma import KarmmaConfig, prepare_run, run_karmma
 
 DEMO_YAML = """
 data:
@@ -77,15 +76,9 @@ def demo_config(experiment: str | None = None, overrides: list[str] | None = Non
 
 def run_demo(experiment: str | None = None, overrides: list[str] | None = None) -> int:
     cfg = demo_config(experiment, overrides)
-    data = cfg.data
-    if data.dataset == "synthetic":
-        ensure_synthetic(data.root, seed=int(data.options.get("seed", 0)), size=str(data.options.get("size", "small")),
-                         progress=cfg.run.progress)
-        data.options["generate"] = False
-    run_dir = open_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.resume)
-    save_config(run_dir, cfg)
-    print(f"run directory: {run_dir}", flush=True)
+    run_dir = prepare_run(cfg)
     run_karmma(cfg, run_dir)
-    print((run_dir / "report.md").read_text())
-    print(f"run directory: {run_dir}")
+    if is_main():
+        print((run_dir / "report.md").read_text())
+        print(f"run directory: {run_dir}")
     return 0

@@ -8,11 +8,14 @@ is used as-is on every rank. Rank 0 alone writes checkpoints, caches and reports
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -73,3 +76,17 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     value = value.clone()
     dist.all_reduce(value)
     return value / world_size()
+
+
+def from_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and give every rank its result (e.g. the new run directory's path).
+
+    Initialises the process group first when launched by torchrun, so a job's set-up (creating a
+    run directory, generating a dataset) happens once, not once per rank.
+    """
+    init_from_env()
+    if not is_distributed():
+        return fn()
+    box = [fn() if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]

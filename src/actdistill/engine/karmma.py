@@ -463,6 +463,28 @@ class _Uid:
 
 
 # ------------------------------------------------------------------------------------------ run + report
+def prepare_run(cfg: KarmmaConfig) -> Path:
+    """Generate the synthetic dataset if it is the one asked for and absent, open the run directory
+    and write the merged config into it: once, on rank 0 under ``torchrun`` (every rank gets the path)."""
+    from actdistill.data.datasets.synthetic_loader import ensure_synthetic
+    from actdistill.engine.distributed import from_main
+    from actdistill.rundir import open_run_dir, save_config
+
+    def setup() -> Path:
+        if cfg.data.dataset == "synthetic":
+            opts = cfg.data.options
+            ensure_synthetic(cfg.data.root, int(opts.get("seed", 0)), str(opts.get("size", "small")), cfg.run.progress)
+        run_dir = open_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.resume)
+        save_config(run_dir, cfg)
+        print(f"run directory: {run_dir}", flush=True)
+        return run_dir
+
+    run_dir = from_main(setup)
+    if cfg.data.dataset == "synthetic":
+        cfg.data.options["generate"] = False  # generated above: the adapter only reads it
+    return run_dir
+
+
 def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
     """The whole pipeline; writes summary.json, report.md, predictions CSVs and plots into ``run_dir``."""
     from actdistill.evaluation.report import (

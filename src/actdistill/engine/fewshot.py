@@ -1,0 +1,790 @@
+"""Few-shot pipeline: episodic training -> frozen-backbone feature cache -> seeded test episodes -> report.
+
+One framework for CLIP-M²DF (ours) and the baselines ProtoNet, OTAM, TRX and CLIP-FSAR
+(``specs/clip_m2df.md``). Every method is an :class:`EpisodeNet`: a frame backbone (shared and
+frozen, or the method's own and fine-tuned), an optional learned projection to the head width,
+and the method's episodic head. All methods therefore see the same backbone features.
+
+Stages (each resumable, each skipped when its result is already on disk):
+
+1. **Index.** The train and test splits through the ``fewshot`` adapter (TRX split files), text
+   tables from the class names (one row per class of the split, in real-label order).
+2. **Train.** Per method: episodes drawn by :class:`~actdistill.data.episodes.EpisodeSampler`
+   (episode ``i`` is a pure function of ``(seed, i)``), the loss accumulated over
+   ``accumulate`` (16) episodes per Adam step at a constant LR. Every piece of randomness of
+   episode ``i`` (dropout, PPS sampling, the cached training view) is seeded from ``(seed, i)``,
+   so a run resumed from a checkpoint ends with exactly the weights of an uninterrupted one.
+   With a frozen backbone, training reads cached backbone features of ``train_views`` jittered
+   views per video (train-mode sampling); with ``finetune`` it decodes frames per episode.
+3. **Cache.** At test time the backbone is frozen, so every test video is encoded once, with
+   the deterministic test-mode sampling, into a :class:`~actdistill.engine.cache.FeatureCache`
+   keyed by the backbone weights' hash and the data config (float32: bit-for-bit the features
+   a re-encoding would compute). Episodes then cost only the head.
+4. **Evaluate.** ``episodes`` seeded test episodes per setting (``5way1shot``, ``5way5shot``; 1
+   query per class): mean accuracy, ``1.96 * std / sqrt(n)``, per-class accuracy.
+5. **Report.** ``summary.json`` (per method, per setting: ``acc``, ``ci95``, ``episodes``),
+   ``per_class.json``, ``report.md`` and ``accuracy.png`` (bars with the 95% intervals).
+
+DDP: under ``torchrun`` the episodes of one accumulation step are split over the ranks
+(round robin); gradients are summed across ranks, so one step sees the same 16 episodes as on
+one process. Rank 0 alone writes checkpoints, caches and reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from actdistill.config import to_dict
+from actdistill.data.builder import DataConfig, SamplingConfig, SpatialConfig, build_dataset, load_index
+from actdistill.data.episodes import Episode, EpisodeSampler
+from actdistill.data.records import DatasetIndex
+from actdistill.engine.cache import FeatureCache
+from actdistill.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint, save_weights
+from actdistill.engine.clips import clip_cache_key
+from actdistill.engine.distributed import barrier, init_from_env, is_main, main_first, rank, world_size, wrap_ddp
+from actdistill.experiment import RunConfig
+
+METHODS = ("clip_m2df", "protonet", "otam", "trx", "clip_fsar")
+TEXT_METHODS = ("clip_m2df", "clip_fsar")
+SETTING_RE = re.compile(r"^(\d+)way(\d+)shot$")
+TEXT_ENCODERS = ("bow", "clip")
+
+
+# ---------------------------------------------------------------------------------------------- config
+def _fewshot_data() -> DataConfig:
+    """The synthetic few-shot dataset read through the ``fewshot`` adapter, as a real benchmark is."""
+    return DataConfig(
+        dataset="fewshot",
+        root="data/synthetic_fewshot",
+        annotations="data/synthetic_fewshot/splits",
+        modalities=["rgb"],
+        train_split="train",
+        val_split="val",
+        test_split="test",
+        sampling=SamplingConfig(mode="uniform", num_frames=8, test_views=1, max_pad=5),
+        spatial=SpatialConfig(short_side=64, crop_size=64, flip=False, scale_range=(1.0, 1.0), normalize="none"),
+        options={"benchmark": "ssv2_small"},
+        num_workers=0,
+    )
+
+
+@dataclass
+class BackboneConfig:
+    """Frame encoder shared by every method.
+
+    ``name``: ``mobilenet_v2`` (ImageNet weights shipped offline, 1280-d), ``tiny`` (a small CNN,
+    tests) or an open_clip architecture (``RN50``: 1024-d, ``ViT-B-16``: 512-d) loaded from the
+    local checkpoint ``pretrained`` (random weights when ``None``; never downloaded).
+    ``finetune``: train the backbone with each method (the reference; slow), else freeze it and
+    train the heads on cached features.
+    """
+
+    name: str = "mobilenet_v2"
+    pretrained: str | None = "imagenet-offline"
+    quick_gelu: bool = True
+    input_size: int | None = None
+    normalize: str = "auto"  # auto (the backbone's own statistics) | clip | none
+    tiny_dim: int = 64
+    finetune: bool = False
+
+
+@dataclass
+class TextConfig:
+    """Class-name embeddings for the text-aware methods (CLIP-M²DF, CLIP-FSAR).
+
+    ``bow``: a deterministic bag-of-words embedding (a fixed random vector per word, summed,
+    L2-normalised): honest offline text that carries the words of a class name and nothing
+    else. ``clip``: the open_clip text tower of the backbone's checkpoint (real benchmarks).
+    """
+
+    encoder: str = "bow"
+    template: str = "a photo of {}"
+    seed: int = 0
+
+
+@dataclass
+class HeadConfig:
+    """``dim``: learned projection of backbone features to this width (0: none, heads work at the
+    backbone width, as the reference does). ``options``: per-method keyword arguments. ``init``:
+    per-method checkpoint to start from: a CLIP-MDMF reference checkpoint for ``clip_m2df``
+    (``backbone.*`` + head keys, old weight-norm names included) or one of our ``.safetensors``
+    (``models/<method>.safetensors`` of an earlier run). With ``train.episodes=0`` that
+    evaluates an imported model as it is."""
+
+    dim: int = 256
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    init: dict[str, str] = field(default_factory=dict)  # method -> checkpoint to start from (see init_from)
+
+
+@dataclass
+class EpisodeTrainConfig:
+    episodes: int = 20020
+    accumulate: int = 16
+    lr: float = 1e-6
+    way: int = 5
+    shot: int = 1
+    query: int = 5
+    seed: int = 1896
+    train_views: int = 4
+    checkpoint_every: int = 50  # optimizer steps between checkpoints
+    log_every: int = 25
+
+
+@dataclass
+class EpisodeEvalConfig:
+    episodes: int = 10000
+    settings: list[str] = field(default_factory=lambda: ["5way1shot", "5way5shot"])
+    query: int = 1
+    seed: int = 1896
+
+
+@dataclass
+class FewShotConfig:
+    data: DataConfig = field(default_factory=_fewshot_data)
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="fewshot"))
+    cache_root: str = ".cache/actdistill"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    heads: HeadConfig = field(default_factory=HeadConfig)
+    train: EpisodeTrainConfig = field(default_factory=EpisodeTrainConfig)
+    eval: EpisodeEvalConfig = field(default_factory=EpisodeEvalConfig)
+    synthetic: dict[str, Any] = field(default_factory=dict)  # {seed, size}: generate data.root if absent
+
+
+def parse_setting(setting: str) -> tuple[int, int]:
+    """``"5way1shot"`` -> ``(5, 1)``."""
+    m = SETTING_RE.match(setting)
+    if m is None:
+        raise ValueError(f"setting must look like '5way1shot', got {setting!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _log(msg: str) -> None:
+    if is_main():
+        print(msg, flush=True)
+
+
+# -------------------------------------------------------------------------------------------- backbone
+class Framewise(nn.Module):
+    """Apply a per-image tower to ``[B, T, 3, H, W]`` -> ``[B, T, D]`` (optionally normalising)."""
+
+    def __init__(self, tower: nn.Module, out_dim: int, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.tower = tower
+        self.out_dim = out_dim
+        self.normalize = mean is not None
+        self.register_buffer("mean", torch.tensor(mean or (0.0, 0.0, 0.0)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std or (1.0, 1.0, 1.0)).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t = x.shape[:2]
+        x = x.flatten(0, 1)
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        y = self.tower(x)
+        if isinstance(y, tuple):
+            y = y[0]
+        return y.reshape(b, t, -1)
+
+
+def build_frame_backbone(cfg: BackboneConfig) -> nn.Module:
+    """The configured frame encoder: ``[B, T, 3, H, W] -> [B, T, D]`` with ``out_dim`` = D."""
+    from actdistill.models.fewshot.clip_m2df import CLIP_MEAN, CLIP_STD, _build_open_clip
+    from actdistill.models.fewshot.m2df_modules import TinyFrameEncoder
+
+    if cfg.normalize not in ("auto", "clip", "none"):
+        raise ValueError(f"backbone.normalize must be auto, clip or none, got {cfg.normalize!r}")
+    if cfg.name == "mobilenet_v2":
+        from actdistill.models.encoders import build_encoder
+
+        return build_encoder("mobilenet_v2", modality="rgb", pretrained=cfg.pretrained,
+                             input_size=cfg.input_size, normalize_input=cfg.normalize != "none")
+    clip_norm = (CLIP_MEAN, CLIP_STD) if cfg.normalize == "clip" else (None, None)
+    if cfg.name == "tiny":
+        torch.manual_seed(0)  # the tiny tower has no pretrained weights: make them reproducible
+        return Framewise(TinyFrameEncoder(cfg.tiny_dim), cfg.tiny_dim, *clip_norm)
+    if cfg.normalize == "auto":
+        clip_norm = (CLIP_MEAN, CLIP_STD)
+    if cfg.pretrained is None:
+        warnings.warn(f"backbone {cfg.name} has random weights (backbone.pretrained is not set): fine for a smoke "
+                      "test, meaningless for a benchmark; pass a local CLIP checkpoint", stacklevel=2)
+    visual = _build_open_clip(cfg.name, cfg.pretrained, cfg.quick_gelu, need_text=False).visual
+    return Framewise(visual, int(visual.output_dim), *clip_norm)
+
+
+def weights_hash(module: nn.Module) -> str:
+    """sha256 of a module's state dict (names, shapes, bytes): the identity of what it computes."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def freeze_module(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+# ------------------------------------------------------------------------------------------------ text
+def bow_embedding(names: Sequence[str], dim: int, seed: int = 0) -> Tensor:
+    """Deterministic bag-of-words class embeddings ``[C, dim]``.
+
+    Each word gets a fixed Gaussian vector seeded by (``seed``, sha256 of the word); a name is
+    the L2-normalised sum of its words' vectors. Two names share similarity exactly to the
+    extent they share words, which is all the offline setting can honestly offer (a randomly
+    initialised CLIP text tower carries no meaning).
+    """
+    rows = []
+    for name in names:
+        words = re.findall(r"[a-z0-9]+", name.lower()) or [name]
+        v = torch.zeros(dim)
+        for w in words:
+            s = int(hashlib.sha256(f"{seed}:{w}".encode()).hexdigest()[:15], 16)
+            v += torch.randn(dim, generator=torch.Generator().manual_seed(s))
+        rows.append(v / v.norm().clamp_min(1e-6))
+    return torch.stack(rows)
+
+
+def clip_text_embedding(names: Sequence[str], cfg: BackboneConfig, template: str) -> Tensor:
+    """Frozen open_clip text embeddings of ``template.format(name)`` (the reference's prompts)."""
+    import open_clip
+
+    from actdistill.models.fewshot.clip_m2df import _build_open_clip
+
+    model = _build_open_clip(cfg.name, cfg.pretrained, cfg.quick_gelu, need_text=True).eval()
+    with torch.no_grad():
+        tokens = open_clip.get_tokenizer(cfg.name)([template.format(n) for n in names])
+        return model.encode_text(tokens).float()
+
+
+def text_tables(cfg: FewShotConfig, train_names: Sequence[str], test_names: Sequence[str],
+                dim: int) -> tuple[Tensor, Tensor]:
+    if cfg.text.encoder == "bow":
+        return bow_embedding(train_names, dim, cfg.text.seed), bow_embedding(test_names, dim, cfg.text.seed)
+    if cfg.text.encoder == "clip":
+        return (clip_text_embedding(train_names, cfg.backbone, cfg.text.template),
+                clip_text_embedding(test_names, cfg.backbone, cfg.text.template))
+    raise ValueError(f"text.encoder must be one of {TEXT_ENCODERS}, got {cfg.text.encoder!r}")
+
+
+# ------------------------------------------------------------------------------------------------ model
+class EpisodeNet(nn.Module):
+    """Backbone (own or shared-frozen) + projection + one episodic head, with one call signature.
+
+    ``forward`` takes frames ``[B, T, 3, H, W]`` or backbone features ``[B, T, F]``; a frozen
+    shared backbone is held outside the module tree (not trained, not in the state dict).
+    ``loss_scaled`` says whether the head's loss is already divided by the accumulation count
+    (CLIP-M²DF's is, as in the reference; the baselines' per-episode means are not).
+    """
+
+    def __init__(self, method: str, feat_dim: int, dim: int, options: Mapping[str, Any],
+                 backbone: nn.Module | None = None, frozen_backbone: nn.Module | None = None,
+                 text_train: Tensor | None = None, text_test: Tensor | None = None, accumulate: int = 16) -> None:
+        super().__init__()
+        import actdistill.models.fewshot  # noqa: F401  (registers the heads)
+        from actdistill.models.base import MODELS
+
+        if method not in METHODS:
+            raise ValueError(f"unknown few-shot method {method!r}; choose from {METHODS}")
+        self.method = method
+        self.backbone = backbone
+        self._frozen = (frozen_backbone,) if frozen_backbone is not None else ()
+        width = dim or feat_dim
+        self.proj: nn.Module = nn.Linear(feat_dim, width) if dim and dim != feat_dim else nn.Identity()
+        opts = dict(options)
+        if method == "clip_m2df":
+            opts.setdefault("tasks_per_batch", accumulate)
+            self.head = MODELS.build(method, backbone="features", feature_dim=width, text_encoder="none", **opts)
+            if text_train is not None:
+                self.head.set_text_tables(text_train, text_test)
+        else:
+            if method == "clip_fsar" and text_train is not None:
+                opts.setdefault("text_dim", int(text_train.shape[1]))
+            self.head = MODELS.build(method, dim=width, **opts)
+            if method == "clip_fsar" and text_train is not None:
+                self.head.set_text_features(text_train, text_test)
+        self.loss_scaled = method == "clip_m2df"
+
+    def encoder(self) -> nn.Module | None:
+        return self.backbone if self.backbone is not None else (self._frozen[0] if self._frozen else None)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Backbone features ``[B, T, F]`` (identity on features)."""
+        if x.dim() == 5:
+            enc = self.encoder()
+            if enc is None:
+                raise ValueError("frames given but this net has no backbone")
+            x = enc(x)
+        return x
+
+    def forward(self, support: Tensor, query: Tensor, labels: Mapping[str, Tensor],
+                with_loss: bool = True) -> dict[str, Tensor]:
+        s, q = self.proj(self.features(support)), self.proj(self.features(query))
+        ql = labels["query_labels"] if with_loss else None
+        if self.method == "clip_m2df":
+            return self.head(s, labels["support_labels"], q, labels["support_real_labels"],
+                             labels["query_real_labels"] if with_loss else None, ql)
+        return self.head(s, labels["support_labels"], q, ql, support_real_labels=labels["support_real_labels"],
+                         query_real_labels=labels["query_real_labels"] if with_loss else None)
+
+
+def init_from(net: EpisodeNet, path: str | Path) -> None:
+    """Load ``path`` into ``net``: our safetensors weights, or a reference (CLIP-MDMF) checkpoint.
+
+    A reference checkpoint holds the fine-tuned CLIP visual tower as ``backbone.*`` (OpenAI's
+    names, which open_clip shares) and the head in the reference's names; the head keys go
+    through :func:`~actdistill.models.fewshot.reference_import.load_reference_state_dict`, the
+    backbone keys into the net's own backbone (``backbone.finetune=true``). Loading is strict:
+    a missing, unexpected or mis-shaped key is an error naming it.
+    """
+    from actdistill.models.fewshot.reference_import import load_reference_state_dict, read_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint to initialise {net.method} from does not exist")
+    if path.suffix == ".safetensors":
+        load_weights(net, path)
+        return
+    if net.method != "clip_m2df":
+        raise ValueError(f"{path}: reference checkpoints are CLIP-MDMF's; {net.method} loads .safetensors only")
+    if not isinstance(net.proj, nn.Identity):
+        raise ValueError(f"{path}: the reference head works at the backbone width; set heads.dim=0")
+    sd = read_state_dict(path)
+    backbone = {k.removeprefix("backbone.").removeprefix("module."): v for k, v in sd.items()
+                if k.startswith("backbone.")}
+    if backbone:
+        if net.backbone is None:
+            raise ValueError(f"{path}: holds a fine-tuned backbone; set backbone.finetune=true to use it "
+                             "(a frozen shared backbone keeps its own pretrained weights)")
+        tower = net.backbone.tower if isinstance(net.backbone, Framewise) else net.backbone
+        tower.load_state_dict(backbone, strict=True)
+    report = load_reference_state_dict(net.head, {k: v for k, v in sd.items() if not k.startswith("backbone.")})
+    if not report.ok:  # pragma: no cover - strict loading raises first
+        raise ValueError(f"{path}: {report}")
+
+
+# ------------------------------------------------------------------------------------------ data access
+class VideoFrames:
+    """Decoded frames of a split by uid, through the configured readers, sampling and crop."""
+
+    def __init__(self, data: DataConfig, split: str, train: bool, index: DatasetIndex) -> None:
+        self.ds = build_dataset(data, split, train, index=index)
+        self.pos = {seg.uid: i for i, seg in enumerate(self.ds.segments)}
+
+    def clip(self, uid: str, epoch: int = 0) -> Tensor:
+        """``[T, 3, H, W]`` (first view); ``epoch`` selects the train-mode jitter draw."""
+        self.ds.set_epoch(epoch)
+        return self.ds[self.pos[uid]]["inputs"]["rgb"][0].float()
+
+    def stack(self, uids: Sequence[str], epoch: int = 0) -> Tensor:
+        return torch.stack([self.clip(u, epoch) for u in uids])
+
+
+def encode_split(encoder: nn.Module, frames: VideoFrames, cache_root: str, name: str, key: dict[str, Any],
+                 uids: Sequence[str], views: int = 1, progress: bool = False) -> dict[str, Tensor]:
+    """Backbone features of every video and view (``{uid: [V, T, F]}``), computed once and cached.
+
+    Stored in float32 so a cached episode sees exactly what re-encoding would compute. Each
+    video is encoded on its own (a batch of one clip) so the features do not depend on which
+    other videos happened to share a batch.
+    """
+    from tqdm import tqdm
+
+    cache = FeatureCache(cache_root, name, key, dtype=None)
+    todo = cache.missing(uids, views)
+    if todo and is_main():
+        encoder.eval()
+        with torch.no_grad():
+            for uid, view in tqdm(todo, desc=f"encoding {name}", unit="clip", disable=not progress, leave=False):
+                cache.add(uid, view, {"feat": encoder(frames.clip(uid, view)[None])[0]})
+        cache.flush()
+    barrier()
+    cache = FeatureCache(cache_root, name, key, dtype=None)
+    cache.preload()
+    return {u: torch.stack([cache.get(u, v)["feat"] for v in range(views)]) for u in uids}
+
+
+def _episode_seed(seed: int, i: int, salt: int) -> int:
+    return int(np.random.SeedSequence([seed, i, salt]).generate_state(1)[0])
+
+
+def seed_episode(seed: int, i: int, salt: int = 0) -> None:
+    """Seed torch and Python ``random`` for episode ``i``: dropout and PPS sampling (torch, or
+    Python's ``random`` under ``faithful``) are then a function of ``(seed, i)`` only."""
+    s = _episode_seed(seed, i, salt)
+    torch.manual_seed(s)
+    random.seed(s)
+
+
+# ------------------------------------------------------------------------------------------- pipeline
+class FewShotPipeline:
+    def __init__(self, cfg: FewShotConfig, run_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = init_from_env()
+        self.progress = cfg.run.progress
+        self.timings: dict[str, float] = {}
+        self._frames: dict[tuple[str, bool], VideoFrames] = {}
+
+    # ------------------------------------------------------------------ data
+    def load_data(self) -> None:
+        from actdistill.data.datasets.fewshot_splits import prompt_names
+
+        t0 = time.perf_counter()
+        d = self.cfg.data
+        with main_first():
+            self.train_index = load_index(d, d.train_split)
+            self.test_index = load_index(d, d.test_split)
+        self.train_names = prompt_names(self.train_index)
+        self.test_names = prompt_names(self.test_index)
+        self.timings["index"] = time.perf_counter() - t0
+        _log(f"data: {len(self.train_index.segments)} train videos / {len(self.train_names)} classes, "
+             f"{len(self.test_index.segments)} test videos / {len(self.test_names)} classes")
+
+    def frames(self, split: str, train: bool) -> VideoFrames:
+        key = (split, train)
+        if key not in self._frames:
+            index = self.train_index if split == self.cfg.data.train_split else self.test_index
+            self._frames[key] = VideoFrames(self.cfg.data, split, train, index)
+        return self._frames[key]
+
+    # ------------------------------------------------------------------ models
+    def shared_backbone(self) -> nn.Module:
+        if not hasattr(self, "_backbone"):
+            self._backbone = freeze_module(build_frame_backbone(self.cfg.backbone)).to(self.device)
+        return self._backbone
+
+    def build_net(self, method: str) -> EpisodeNet:
+        """A fresh net for ``method``, seeded by the run seed (same init whatever runs before)."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.run.seed)
+        own = build_frame_backbone(cfg.backbone) if cfg.backbone.finetune else None
+        shared = None if own is not None else self.shared_backbone()
+        feat_dim = int((own or shared).out_dim)  # type: ignore[union-attr]
+        width = cfg.heads.dim or feat_dim
+        tables: tuple[Tensor | None, Tensor | None] = (None, None)
+        if method in TEXT_METHODS:
+            if not hasattr(self, "_tables"):
+                self._tables = text_tables(cfg, self.train_names, self.test_names, width)
+            tables = self._tables
+        torch.manual_seed(cfg.run.seed)
+        net = EpisodeNet(method, feat_dim, cfg.heads.dim, cfg.heads.options.get(method, {}), own, shared,
+                         tables[0], tables[1], cfg.train.accumulate)
+        if cfg.heads.init.get(method):
+            init_from(net, cfg.heads.init[method])
+            _log(f"{method}: initialised from {cfg.heads.init[method]}")
+        return net.to(self.device)
+
+    def weights_path(self, method: str) -> Path:
+        return self.run_dir / "models" / f"{method}.safetensors"
+
+    # ------------------------------------------------------------------ training
+    def train_features(self) -> dict[str, Tensor]:
+        """Cached backbone features of ``train_views`` train-mode views per training video."""
+        if not hasattr(self, "_train_feats"):
+            t0 = time.perf_counter()
+            enc = self.shared_backbone()
+            d = self.cfg.data
+            key = {"kind": "fewshot_features", "backbone": to_dict(self.cfg.backbone),
+                   "weights": weights_hash(enc), "clips": clip_cache_key(d, d.train_split, True)}
+            uids = [s.uid for s in self.train_index.segments]
+            with main_first():
+                self._train_feats = encode_split(enc, self.frames(d.train_split, True), self.cfg.cache_root,
+                                                 f"fewshot-{d.train_split}", key, uids, self.cfg.train.train_views,
+                                                 self.progress)
+            self.timings["train_features"] = time.perf_counter() - t0
+        return self._train_feats
+
+    def _train_inputs(self, ep: Episode, i: int) -> tuple[Tensor, Tensor]:
+        tcfg = self.cfg.train
+        if self.cfg.backbone.finetune:
+            fr = self.frames(self.cfg.data.train_split, True)
+            return fr.stack(ep.support, i).to(self.device), fr.stack(ep.query, i).to(self.device)
+        feats = self.train_features()
+        rng = np.random.default_rng(_episode_seed(tcfg.seed, i, 1))
+        views = rng.integers(0, tcfg.train_views, size=len(ep.support) + len(ep.query))
+        s = torch.stack([feats[u][int(v)] for u, v in zip(ep.support, views)])
+        q = torch.stack([feats[u][int(v)] for u, v in zip(ep.query, views[len(ep.support):])])
+        return s.to(self.device), q.to(self.device)
+
+    def train_method(self, method: str, stop_after_steps: int | None = None) -> EpisodeNet:
+        """Train ``method`` (or load its finished weights); resumable from ``checkpoints/<method>``.
+
+        ``stop_after_steps`` stops early without writing final weights (simulates a killed job).
+        """
+        tcfg = self.cfg.train
+        net = self.build_net(method)
+        final = self.weights_path(method)
+        if final.exists():
+            load_weights(net, final)
+            _log(f"{method}: reusing trained weights {final}")
+            return net.eval()
+        steps = math.ceil(tcfg.episodes / tcfg.accumulate)
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=tcfg.lr)
+        ckpt_name = f"checkpoints/{method}"
+        start = 0
+        last = latest_checkpoint(self.run_dir, ckpt_name)
+        if last is not None:
+            start = int(load_checkpoint(last, net, opt, restore_rng=False)["epoch"])
+            _log(f"{method}: resuming at step {start}/{steps}")
+        sampler = EpisodeSampler.from_index(self.train_index, way=tcfg.way, shot=tcfg.shot, query=tcfg.query,
+                                            seed=tcfg.seed)
+        model = wrap_ddp(net, self.device)
+        ws, rk = world_size(), rank()
+        t0 = time.perf_counter()
+        running: list[float] = []
+        for step in range(start, steps):
+            if stop_after_steps is not None and step >= stop_after_steps:
+                return net
+            net.train()
+            first, stop = step * tcfg.accumulate, min((step + 1) * tcfg.accumulate, tcfg.episodes)
+            mine = [i for i in range(first, stop) if (i - first) % ws == rk]
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for k, i in enumerate(mine):
+                ep = sampler.episode(i)
+                s, q = self._train_inputs(ep, i)
+                labels = {n: t.to(self.device) for n, t in ep.label_tensors().items()}
+                seed_episode(tcfg.seed, i)
+                sync = k == len(mine) - 1 or not hasattr(model, "no_sync")
+                with nullcontext() if sync else model.no_sync():
+                    out = model(s, q, labels)
+                    loss = out["loss"] if net.loss_scaled else out["loss"] / tcfg.accumulate
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"{method}: non-finite loss at episode {i}")
+                    (loss * ws).backward()  # DDP averages over ranks; the step wants the sum
+                total += float(loss.detach())
+            opt.step()
+            running.append(total)
+            done = step + 1
+            if is_main() and (done % tcfg.checkpoint_every == 0 or done == steps):
+                save_checkpoint(self.run_dir, done, net, opt, extra={"method": method}, name=ckpt_name)
+            if done % tcfg.log_every == 0 or done == steps:
+                recent = running[-tcfg.log_every:]
+                _log(f"{method}: step {done}/{steps} loss {sum(recent) / len(recent):.4f} "
+                     f"({time.perf_counter() - t0:.1f}s)")
+        self.timings[f"train_{method}"] = time.perf_counter() - t0
+        if is_main():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            save_weights(net, final, metadata={"method": method})
+        barrier()
+        return net.eval()
+
+    # ------------------------------------------------------------------ evaluation
+    def test_features(self, net: EpisodeNet) -> dict[str, Tensor]:
+        """Test-mode backbone features of every test video, cached by backbone weights and data."""
+        enc = net.encoder()
+        assert enc is not None
+        wh = weights_hash(enc)
+        if getattr(self, "_test_key", None) != wh:
+            t0 = time.perf_counter()
+            d = self.cfg.data
+            key = {"kind": "fewshot_features", "backbone": to_dict(self.cfg.backbone), "weights": wh,
+                   "clips": clip_cache_key(d, d.test_split, False)}
+            uids = [s.uid for s in self.test_index.segments]
+            with main_first():
+                feats = encode_split(enc, self.frames(d.test_split, False), self.cfg.cache_root,
+                                     f"fewshot-{d.test_split}", key, uids, 1, self.progress)
+            self._test_feats = {u: f[0] for u, f in feats.items()}
+            self._test_key = wh
+            self.timings["test_features"] = self.timings.get("test_features", 0.0) + time.perf_counter() - t0
+        return self._test_feats
+
+    def evaluate(self, net: EpisodeNet, setting: str, episodes: int | None = None,
+                 reencode: bool = False) -> dict[str, Any]:
+        """Accuracy over seeded test episodes of ``setting`` (cached features, or re-encoding frames).
+
+        Episode ``i`` and its RNG are functions of ``(eval.seed, i)``, so both paths and every
+        method see the same episodes; under DDP each rank takes a shard and results are gathered.
+        """
+        ecfg = self.cfg.eval
+        way, shot = parse_setting(setting)
+        n = ecfg.episodes if episodes is None else episodes
+        sampler = EpisodeSampler.from_index(self.test_index, way=way, shot=shot, query=ecfg.query, seed=ecfg.seed,
+                                            num_episodes=n)
+        feats = None if reencode else self.test_features(net)
+        frames = self.frames(self.cfg.data.test_split, False) if reencode else None
+        net.eval()
+        accs = np.zeros(n)
+        per_class = np.zeros((len(sampler.classes), 2))
+        t0 = time.perf_counter()
+        mine = list(sampler.shard(rank(), world_size()))
+        with torch.no_grad():
+            for i in mine:
+                ep = sampler.episode(i)
+                if feats is not None:
+                    s = torch.stack([feats[u] for u in ep.support]).to(self.device)
+                    q = torch.stack([feats[u] for u in ep.query]).to(self.device)
+                else:
+                    assert frames is not None  # decode and encode every video of the episode, one at a time
+                    s = torch.stack([net.features(frames.clip(u)[None].to(self.device))[0] for u in ep.support])
+                    q = torch.stack([net.features(frames.clip(u)[None].to(self.device))[0] for u in ep.query])
+                labels = {k: t.to(self.device) for k, t in ep.label_tensors().items()}
+                seed_episode(ecfg.seed, i, 2)
+                pred = net(s, q, labels, with_loss=False)["logits"].argmax(-1).cpu()
+                ok = (pred == labels["query_labels"].cpu()).numpy()
+                accs[i] = ok.mean() * 100
+                for real, good in zip(ep.query_real_labels, ok):
+                    per_class[real] += (float(good), 1.0)
+        seconds = time.perf_counter() - t0
+        if world_size() > 1:
+            import torch.distributed as dist
+
+            both = torch.from_numpy(np.concatenate([accs, per_class.reshape(-1)]))
+            dist.all_reduce(both)
+            accs, per_class = both[:n].numpy(), both[n:].numpy().reshape(-1, 2)
+        acc = float(accs.mean()) if n else float("nan")
+        ci = float(1.96 * accs.std() / math.sqrt(n)) if n else float("nan")
+        names = self.test_names
+        classes = {names[c]: round(float(per_class[c, 0] / per_class[c, 1] * 100), 2)
+                   for c in range(len(names)) if per_class[c, 1] > 0}
+        return {"acc": round(acc, 3), "ci95": round(ci, 3), "episodes": n, "per_class": classes,
+                "seconds": seconds, "seconds_per_episode": seconds / max(1, len(mine)), "episode_acc": accs}
+
+
+# ------------------------------------------------------------------------------------------ run + report
+def run_fewshot(cfg: FewShotConfig, run_dir: Path, train: bool = True, episodes: int | None = None) -> dict[str, Any]:
+    """Train (unless ``train=False``: load the run's weights) and evaluate every method; write the report."""
+    t_start = time.perf_counter()
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    pipe = FewShotPipeline(cfg, run_dir)
+    pipe.load_data()
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for method in cfg.heads.methods:
+        if train:
+            net = pipe.train_method(method)
+        else:
+            net = pipe.build_net(method)
+            path = pipe.weights_path(method)
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no trained weights for {method} in this run directory")
+            load_weights(net, path)
+        results[method] = {}
+        for setting in cfg.eval.settings:
+            res = pipe.evaluate(net, setting, episodes)
+            results[method][setting] = res
+            _log(f"{method} {setting}: {res['acc']:.2f} ± {res['ci95']:.2f} ({res['episodes']} episodes, "
+                 f"{res['seconds_per_episode'] * 1e3:.1f} ms/episode)")
+    pipe.timings["total"] = time.perf_counter() - t_start
+    if not is_main():
+        return {}
+    return write_report(run_dir, cfg, results, pipe.timings)
+
+
+def write_report(run_dir: Path, cfg: FewShotConfig, results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                 timings: Mapping[str, float]) -> dict[str, Any]:
+    from actdistill.rundir import write_json
+
+    summary = {m: {s: {k: r[k] for k in ("acc", "ci95", "episodes")} for s, r in res.items()}
+               for m, res in results.items()}
+    write_json(run_dir / "summary.json", summary)
+    per_class = {m: {s: r["per_class"] for s, r in res.items()} for m, res in results.items()}
+    write_json(run_dir / "per_class.json", per_class)
+    write_json(run_dir / "run_info.json", {
+        "timings_s": dict(timings),
+        "seconds_per_episode": {m: {s: r["seconds_per_episode"] for s, r in res.items()} for m, res in results.items()},
+        "backbone": to_dict(cfg.backbone), "text": to_dict(cfg.text),
+    })
+    plot_accuracy(run_dir / "accuracy.png", summary)
+    table = render_table(summary)
+    (run_dir / "report.md").write_text(
+        "# Few-shot run report\n\nAccuracy (%) on novel classes, mean ± 95% interval (1.96·std/√n) over seeded "
+        f"test episodes (1 query per class).\n\n{table}\n\nStage timings (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + "\n")
+    return summary
+
+
+def render_table(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    from actdistill.evaluation.report import markdown_table
+
+    settings = list(next(iter(summary.values()))) if summary else []
+    rows = [[m, *[f"{summary[m][s]['acc']:.2f} ± {summary[m][s]['ci95']:.2f}" for s in settings]] for m in summary]
+    n = next(iter(next(iter(summary.values())).values()))["episodes"] if summary else 0
+    return markdown_table(["method", *[f"{s} ({n} ep.)" for s in settings]], rows)
+
+
+def plot_accuracy(path: Path, summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+    """Grouped bars (one group per setting, one bar per method) with 95% interval error bars."""
+    from actdistill.evaluation.report import _plt
+
+    plt = _plt()
+    methods = list(summary)
+    settings = list(next(iter(summary.values()))) if methods else []
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, m in enumerate(methods):
+        xs = [i + k * width for i in range(len(settings))]
+        ax.bar(xs, [summary[m][s]["acc"] for s in settings], width, yerr=[summary[m][s]["ci95"] for s in settings],
+               capsize=3, label=m)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(settings))])
+    ax.set_xticklabels(settings)
+    ax.axhline(100 / 5, color="grey", lw=0.8, ls="--")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Few-shot accuracy on novel classes (95% interval)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def ensure_data(cfg: FewShotConfig) -> None:
+    """Generate the synthetic few-shot dataset into ``data.root`` when ``synthetic`` asks for it.
+
+    Call it from one process (the CLI does, on rank 0 before the others start).
+    """
+    if not cfg.synthetic:
+        return
+    from actdistill.data.datasets.synthetic_fewshot import write_synthetic_fewshot
+
+    write_synthetic_fewshot(cfg.data.root, int(cfg.synthetic.get("seed", 0)), str(cfg.synthetic.get("size", "small")),
+                            progress=cfg.run.progress)
+
+
+def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> FewShotConfig:
+    from actdistill.config import build_config
+
+    return build_config(FewShotConfig, Path(run_dir) / "config.yaml", list(overrides))
+
+
+__all__ = [
+    "METHODS",
+    "BackboneConfig",
+    "EpisodeEvalConfig",
+    "EpisodeNet",
+    "EpisodeTrainConfig",
+    "FewShotConfig",
+    "FewShotPipeline",
+    "HeadConfig",
+    "TextConfig",
+    "bow_embedding",
+    "build_frame_backbone",
+    "ensure_data",
+    "init_from",
+    "load_run_config",
+    "parse_setting",
+    "run_fewshot",
+    "weights_hash",
+    "write_report",
+]
