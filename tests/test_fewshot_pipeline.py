@@ -217,6 +217,8 @@ def test_torchrun_ddp_matches_one_process(tiny_root: Path, tmp_path: Path) -> No
 
     cfg = tiny_config(tiny_root, tmp_path, ["protonet", "clip_m2df"])
     # Dropout and PPS sampling stay on: episode i is seeded from (seed, i) whichever rank runs it.
+    # Weights agree to float-reduction noise (gloo sums gradients in another order; Adam's
+    # normalisation magnifies that noise on near-zero gradients), hence atol 1e-4.
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump(to_dict(cfg)))
     run_fewshot(cfg, tmp_path / "single")
@@ -231,6 +233,32 @@ def test_torchrun_ddp_matches_one_process(tiny_root: Path, tmp_path: Path) -> No
         b = load_file(str(run / "models" / f"{method}.safetensors"))
         assert a.keys() == b.keys()
         for k in a:
-            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+            torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
     single = json.loads((tmp_path / "single" / "summary.json").read_text())
     assert json.loads((run / "summary.json").read_text()) == single
+
+
+def test_minilm_text_tables_go_through_a_learned_projection(
+    tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``text.encoder=minilm``: 384-d sentence embeddings (stubbed here; the real encoder is an
+    optional package) feed CLIP-M²DF through its learned projection and CLIP-FSAR through its own."""
+    import actdistill.models.fewshot.clip_m2df as m2df
+
+    seen: list[str] = []
+
+    def fake(prompts: list[str]) -> torch.Tensor:
+        seen.extend(prompts)
+        return torch.randn(len(prompts), 384, generator=torch.Generator().manual_seed(len(prompts)))
+
+    monkeypatch.setattr(m2df, "encode_minilm", fake)
+    cfg = tiny_config(tiny_root, tmp_path, ["clip_m2df", "clip_fsar"], episodes=4)
+    cfg.text.encoder = "minilm"
+    pipe = FewShotPipeline(cfg, tmp_path / "minilm")
+    pipe.load_data()
+    for method in ("clip_m2df", "clip_fsar"):
+        net = pipe.train_method(method)
+        assert pipe.evaluate(net, "3way1shot", episodes=4)["episodes"] == 4
+    assert len(seen) == 64 + 24 and seen[0].startswith("a photo of ")
+    head = pipe.build_net("clip_m2df").head
+    assert isinstance(head.text_proj, torch.nn.Linear) and head.text_proj.in_features == 384

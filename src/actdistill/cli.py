@@ -183,11 +183,13 @@ def _karmma_setup(args: argparse.Namespace, name: str):
 
 
 def cmd_karmma_train(args: argparse.Namespace) -> int:
+    from actdistill.engine.distributed import is_main
     from actdistill.engine.karmma import run_karmma
 
     cfg, run_dir = _karmma_setup(args, "karmma")
     run_karmma(cfg, run_dir)
-    print((run_dir / "report.md").read_text())
+    if is_main():  # rank 0 wrote the report
+        print((run_dir / "report.md").read_text())
     return 0
 
 

@@ -52,8 +52,8 @@ student:
       depth: {name: compact, widths: [8, 16, 32], blocks: 1}
     fusion: {dim: 96, depth: 1, num_heads: 4, missing: tokens}
   modality_dropout: 0.5
-  alpha: 0.5
-  temperature: 1.0
+  alpha: 0.8
+  temperature: 2.0
   teacher_input: dropped
   optim: {epochs: 30, lr: 0.003, batch_size: 16}
 rows: [baseline, baseline_delta, student]

