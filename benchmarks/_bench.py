@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
+
+from actdistill.evaluation.efficiency import time_fn
 
 
 def machine(device: torch.device) -> dict[str, object]:
@@ -28,22 +28,6 @@ def machine(device: torch.device) -> dict[str, object]:
 
 
 def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
-    """``warmup`` untimed calls, then ``repeats`` timed ones: median, min and max milliseconds.
-
-    On CUDA every call is synchronised, so the time is the work's, not the launch's.
-    """
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+    """``warmup`` untimed calls, then ``repeats`` timed ones: median, min and max milliseconds
+    (the library's own timer, with autograd on so a backward pass can be timed too)."""
+    return time_fn(fn, warmup, repeats, device, grad=True)

@@ -76,26 +76,15 @@ def add_fewshot_parser(sub: argparse._SubParsersAction) -> None:
 def _setup(experiment: str | None, overrides: list[str], name: str, text: str | None = None) -> tuple[Any, Path]:
     import yaml
 
-    from actdistill.config import build_config, from_dict, merge, parse_override
+    from actdistill.config import build_config
     from actdistill.engine.distributed import from_main
     from actdistill.engine.fewshot import FewShotConfig, ensure_data
     from actdistill.rundir import open_run_dir, save_config
 
     if experiment is not None and "=" in experiment and not os.path.exists(experiment):
         experiment, overrides = None, [experiment, *overrides]
-    if text is not None:  # the demo's built-in YAML, then the overrides
-        data = yaml.safe_load(text)
-        for item in overrides:
-            path, value = parse_override(item)
-            node: dict[str, Any] = {}
-            cur = node
-            for part in path[:-1]:
-                cur = cur.setdefault(part, {})
-            cur[path[-1]] = value
-            data = merge(data, node)
-        cfg = from_dict(FewShotConfig, data)
-    else:
-        cfg = build_config(FewShotConfig, experiment, [f"run.name={name}", *overrides])
+    source = yaml.safe_load(text) if text is not None else experiment  # the demo's built-in YAML when no file
+    cfg = build_config(FewShotConfig, source, [f"run.name={name}", *overrides])
 
     def setup() -> Path:  # once, on rank 0 under torchrun
         ensure_data(cfg)
@@ -121,7 +110,7 @@ def cmd_fewshot_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     if os.path.exists(DEMO_CONFIG):
-        cfg, run_dir = _setup(DEMO_CONFIG, [*args.overrides, "run.name=fewshot-demo"], "fewshot-demo")
+        cfg, run_dir = _setup(DEMO_CONFIG, list(args.overrides), "fewshot-demo")
     else:
         cfg, run_dir = _setup(None, list(args.overrides), "fewshot-demo", DEMO_YAML)
     run_fewshot(cfg, run_dir)

@@ -210,10 +210,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(cls: type[C], experiment: str | Path | None = None, overrides: list[str] | None = None) -> C:
-    """Typed defaults <- experiment YAML <- dotted overrides, validated against ``cls``."""
+def build_config(
+    cls: type[C], experiment: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> C:
+    """Typed defaults <- experiment (a YAML file, or its already-parsed mapping) <- dotted overrides,
+    validated against ``cls``."""
     data: dict[str, Any] = {}
-    if experiment is not None:
+    if isinstance(experiment, dict):
+        data = dict(experiment)
+    elif experiment is not None:
         data = load_yaml(experiment)
     for text in overrides or []:
         path, value = parse_override(text)

@@ -10,8 +10,6 @@ by a test), sized to finish in minutes on a 2-core CPU.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from actdistill.config import build_config
 from actdistill.engine.distributed import is_main
 from actdistill.engine.karmma import KarmmaConfig, prepare_run, run_karmma
@@ -64,14 +62,10 @@ eval:
 
 def demo_config(experiment: str | None = None, overrides: list[str] | None = None) -> KarmmaConfig:
     """The demo's config: the built-in settings (or ``experiment``) + ``overrides``."""
-    import tempfile
+    import yaml
 
-    if experiment is not None:
-        return build_config(KarmmaConfig, experiment, ["run.name=demo", *(overrides or [])])
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "demo.yaml"
-        path.write_text(DEMO_YAML)
-        return build_config(KarmmaConfig, path, ["run.name=demo", *(overrides or [])])
+    source = experiment if experiment is not None else yaml.safe_load(DEMO_YAML)
+    return build_config(KarmmaConfig, source, ["run.name=demo", *(overrides or [])])
 
 
 def run_demo(experiment: str | None = None, overrides: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ during the forward (tracked op by op with a dispatch mode); on CUDA it is
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import weakref
@@ -103,11 +104,16 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | None = None)
 
 
 def time_fn(
-    fn: Callable[[], Any], warmup: int = 3, repeats: int = 10, device: torch.device | None = None
+    fn: Callable[[], Any], warmup: int = 3, repeats: int = 10, device: torch.device | None = None,
+    grad: bool = False,
 ) -> dict[str, float]:
-    """Median/min/max wall time of ``fn`` in milliseconds after ``warmup`` untimed calls."""
+    """Median/min/max wall time of ``fn`` in milliseconds after ``warmup`` untimed calls.
+
+    Under ``no_grad`` unless ``grad`` (to time a backward pass too); on CUDA every call is
+    synchronised, so the time is the work's, not the launch's.
+    """
     sync = (lambda: torch.cuda.synchronize(device)) if device is not None and device.type == "cuda" else (lambda: None)
-    with torch.no_grad():
+    with contextlib.nullcontext() if grad else torch.no_grad():
         for _ in range(warmup):
             fn()
         sync()
