@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.actdistill-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo fewshot-demo test test-slow lint bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml constraints-cpu.txt Makefile
 demo: install
 	$(VENV)/bin/actdistill demo
 
+fewshot-demo: install
+	$(VENV)/bin/actdistill fewshot demo
+
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -34,6 +37,8 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/data_loading.py
+	$(PY) benchmarks/otam.py
+	$(PY) benchmarks/fewshot_eval.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
