@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from actdistill.config import to_dict
 from actdistill.data.builder import DataConfig, SamplingConfig, SpatialConfig, build_dataset, load_index
@@ -421,8 +422,6 @@ def encode_split(encoder: nn.Module, frames: VideoFrames, cache_root: str, name:
     video is encoded on its own (a batch of one clip) so the features do not depend on which
     other videos happened to share a batch.
     """
-    from tqdm import tqdm
-
     cache = FeatureCache(cache_root, name, key, dtype=None)
     todo = cache.missing(uids, views)
     if todo and is_main():
@@ -567,7 +566,9 @@ class FewShotPipeline:
         ws, rk = world_size(), rank()
         t0 = time.perf_counter()
         running: list[float] = []
-        for step in range(start, steps):
+        bar = tqdm(range(start, steps), desc=f"train {method}", unit="step", initial=start, total=steps,
+                   disable=not (self.progress and is_main()), leave=False)
+        for step in bar:
             if stop_after_steps is not None and step >= stop_after_steps:
                 return net
             net.train()
@@ -644,7 +645,8 @@ class FewShotPipeline:
         t0 = time.perf_counter()
         mine = list(sampler.shard(rank(), world_size()))
         with torch.no_grad():
-            for i in mine:
+            for i in tqdm(mine, desc=f"eval {net.method} {setting}", unit="episode", leave=False,
+                          disable=not (self.progress and is_main())):
                 ep = sampler.episode(i)
                 if feats is not None:
                     s = torch.stack([feats[u] for u in ep.support]).to(self.device)
