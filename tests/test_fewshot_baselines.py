@@ -301,6 +301,13 @@ def test_trx_matches_the_reference_per_class_loop() -> None:
         torch.testing.assert_close(out[f"distance_card{t.cardinality}"], want, rtol=1e-5, atol=1e-5)
         per_card.append(want)
     torch.testing.assert_close(out["logits"], -torch.stack(per_card, -1).norm(dim=-1), rtol=1e-5, atol=1e-5)
+    # Unequal shots (a class with fewer supports) take the masked path: same distances as the loop.
+    keep = torch.ones(len(ep["support_labels"]), dtype=torch.bool)
+    keep[(ep["support_labels"] == 0).nonzero()[0]] = False
+    support, labels = ep["support"][keep], ep["support_labels"][keep]
+    for t in model.transformers:
+        torch.testing.assert_close(t(support, labels, ep["query"], 4),
+                                   reference_trx_distances(t, support, labels, ep["query"]), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("cards", [(1,), (2,), (3,), (2, 3), (2, 3, 4)])

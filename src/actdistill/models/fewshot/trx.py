@@ -84,6 +84,16 @@ class TemporalCrossTransformer(nn.Module):
         sk, sv = self._tokens(support)  # [S, P, d]
         qk, qv = self._tokens(query)  # [Q, P, d]
         n_tuples = sk.shape[1]
+        counts = torch.bincount(labels.long(), minlength=way)
+        if way > 0 and bool((counts == counts[0]).all()) and int(counts[0]) > 0:
+            # Equal shots (every N-way K-shot episode): attend within each class's supports only. The
+            # same softmax as the masked form below, without computing `way` times the attention.
+            order = torch.argsort(labels.long(), stable=True)
+            skc = sk[order].reshape(way, -1, sk.shape[-1])  # [way, K * P, d]
+            svc = sv[order].reshape(way, -1, sv.shape[-1])
+            attn = (torch.einsum("qpd,crd->qcpr", qk, skc) / math.sqrt(self.out_dim)).softmax(-1)
+            proto = torch.einsum("qcpr,crd->qcpd", attn, svc)
+            return (qv[:, None] - proto).pow(2).sum((-2, -1)) / n_tuples  # [Q, way]
         scores = torch.einsum("qpd,srd->qpsr", qk, sk) / math.sqrt(self.out_dim)  # [Q, P, S, P]
         member = labels[None, :] == torch.arange(way, device=labels.device)[:, None]  # [way, S]
         mask = torch.zeros(member.shape, dtype=scores.dtype, device=scores.device).masked_fill(~member, float("-inf"))
