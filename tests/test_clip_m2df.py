@@ -761,3 +761,20 @@ def test_open_clip_local_checkpoint(tmp_path: Path) -> None:
         assert torch.equal(visual_only.backbone.state_dict()[k], v), k
     with pytest.raises(ValueError, match="only a visual tower"):
         CLIPM2DF(backbone="RN50", pretrained=tmp_path / "ref.pt", train_classes=["a"])
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_per_video_stages_give_the_same_logits(faithful: bool) -> None:
+    """Evaluation on per-video stages (features + LTCE/GTCE views, cached once per video) computes
+    the logits of the plain forward for the same episode and seed."""
+    model = small_model(faithful=faithful).eval()
+    ep = small_episode(shot=2, qpc=2)
+    want = run(model, ep)
+    with torch.no_grad():
+        s, q = model.video_stage(ep["support"]), model.video_stage(ep["query"])
+        random.seed(0)
+        torch.manual_seed(0)
+        got = model.episode_logits(s, ep["support_labels"], q, ep["support_real_labels"])
+    assert set(got) >= {"logits", "d_local", "d_global"} and "loss_distill" not in got
+    torch.testing.assert_close(got["logits"], want["logits"], rtol=0, atol=1e-6)
+    assert torch.equal(got["prompt_index"], want["prompt_index"])

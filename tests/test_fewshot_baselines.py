@@ -377,3 +377,14 @@ def test_clip_fsar_state_dict_uses_the_reference_names() -> None:
         "context2.layers.0.1.net.3.weight",
     } <= keys
     assert not any(k.startswith("text_") for k in keys)  # text tables are not weights
+
+
+def test_trx_per_video_stages_give_the_same_logits() -> None:
+    torch.manual_seed(0)
+    model = TRX(dim=DIM, out_dim=12).eval()
+    ep = episode(4, 3, 2)
+    want = model(**ep)["logits"]
+    with torch.no_grad():
+        got = model.episode_logits(model.video_stage(ep["support"]), ep["support_labels"],
+                                   model.video_stage(ep["query"]))["logits"]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

@@ -351,6 +351,31 @@ class EpisodeNet(nn.Module):
             x = enc(x)
         return x
 
+    def video_stage(self, x: Tensor) -> dict[str, Tensor]:
+        """Everything that depends on one video only, for videos ``x`` (frames or backbone features).
+
+        The projected features, plus the head's own per-video stage when it has one (TRX's tuple
+        keys and values). In eval mode a frozen evaluation computes this once per video; each
+        episode then runs :meth:`episode_logits` on the stacked stages.
+        """
+        f = self.proj(self.features(x))
+        stage = getattr(self.head, "video_stage", None)
+        return stage(f) if stage is not None else {"f": f}
+
+    def episode_logits(self, support: Mapping[str, Tensor], query: Mapping[str, Tensor],
+                       labels: Mapping[str, Tensor]) -> Tensor:
+        """Episode logits from per-video stages (:meth:`video_stage`), stacked over the episode's videos."""
+        staged = getattr(self.head, "episode_logits", None)
+        if self.method == "clip_m2df":  # its prompts need the supports' real labels
+            return staged(support, labels["support_labels"], query, labels["support_real_labels"])["logits"]
+        if staged is not None:
+            return staged(dict(support), labels["support_labels"], dict(query))["logits"]
+        s, q = support["f"], query["f"]
+        if self.method == "clip_m2df":
+            return self.head(s, labels["support_labels"], q, labels["support_real_labels"])["logits"]
+        return self.head(s, labels["support_labels"], q, None,
+                         support_real_labels=labels["support_real_labels"])["logits"]
+
     def forward(self, support: Tensor, query: Tensor, labels: Mapping[str, Tensor],
                 with_loss: bool = True) -> dict[str, Tensor]:
         s, q = self.proj(self.features(support)), self.proj(self.features(query))
@@ -434,6 +459,16 @@ def encode_split(encoder: nn.Module, frames: VideoFrames, cache_root: str, name:
     cache = FeatureCache(cache_root, name, key, dtype=None)
     cache.preload()
     return {u: torch.stack([cache.get(u, v)["feat"] for v in range(views)]) for u in uids}
+
+
+def _one(stage: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The stage of a batch of one video, without its batch dimension."""
+    return {k: v[0] for k, v in stage.items()}
+
+
+def stack_stages(stages: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Per-video stages -> one batch (the episode's supports or queries, in order)."""
+    return {k: torch.stack([st[k] for st in stages]) for k in stages[0]}
 
 
 def _episode_seed(seed: int, i: int, salt: int) -> int:
@@ -625,6 +660,13 @@ class FewShotPipeline:
             self.timings["test_features"] = self.timings.get("test_features", 0.0) + time.perf_counter() - t0
         return self._test_feats
 
+    def test_stages(self, net: EpisodeNet) -> dict[str, dict[str, Tensor]]:
+        """Per-video stages (:meth:`EpisodeNet.video_stage`) of every test video, from the feature
+        cache, computed one video at a time so they do not depend on which videos share a batch."""
+        feats = self.test_features(net)
+        with torch.no_grad():
+            return {u: _one(net.video_stage(f[None].to(self.device))) for u, f in feats.items()}
+
     def evaluate(self, net: EpisodeNet, setting: str, episodes: int | None = None,
                  reencode: bool = False) -> dict[str, Any]:
         """Accuracy over seeded test episodes of ``setting`` (cached features, or re-encoding frames).
@@ -637,9 +679,9 @@ class FewShotPipeline:
         n = ecfg.episodes if episodes is None else episodes
         sampler = EpisodeSampler.from_index(self.test_index, way=way, shot=shot, query=ecfg.query, seed=ecfg.seed,
                                             num_episodes=n)
-        feats = None if reencode else self.test_features(net)
-        frames = self.frames(self.cfg.data.test_split, False) if reencode else None
         net.eval()
+        stages = None if reencode else self.test_stages(net)
+        frames = self.frames(self.cfg.data.test_split, False) if reencode else None
         accs = np.zeros(n)
         per_class = np.zeros((len(sampler.classes), 2))
         t0 = time.perf_counter()
@@ -648,16 +690,15 @@ class FewShotPipeline:
             for i in tqdm(mine, desc=f"eval {net.method} {setting}", unit="episode", leave=False,
                           disable=not (self.progress and is_main())):
                 ep = sampler.episode(i)
-                if feats is not None:
-                    s = torch.stack([feats[u] for u in ep.support]).to(self.device)
-                    q = torch.stack([feats[u] for u in ep.query]).to(self.device)
+                if stages is not None:
+                    s, q = stack_stages([stages[u] for u in ep.support]), stack_stages([stages[u] for u in ep.query])
                 else:
                     assert frames is not None  # decode and encode every video of the episode, one at a time
-                    s = torch.stack([net.features(frames.clip(u)[None].to(self.device))[0] for u in ep.support])
-                    q = torch.stack([net.features(frames.clip(u)[None].to(self.device))[0] for u in ep.query])
+                    s = stack_stages([_one(net.video_stage(frames.clip(u)[None].to(self.device))) for u in ep.support])
+                    q = stack_stages([_one(net.video_stage(frames.clip(u)[None].to(self.device))) for u in ep.query])
                 labels = {k: t.to(self.device) for k, t in ep.label_tensors().items()}
                 seed_episode(ecfg.seed, i, 2)
-                pred = net(s, q, labels, with_loss=False)["logits"].argmax(-1).cpu()
+                pred = net.episode_logits(s, q, labels).argmax(-1).cpu()
                 ok = (pred == labels["query_labels"].cpu()).numpy()
                 accs[i] = ok.mean() * 100
                 for real, good in zip(ep.query_real_labels, ok):

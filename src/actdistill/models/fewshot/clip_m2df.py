@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -403,8 +403,15 @@ class CLIPM2DF(nn.Module):
         support_real_labels: Tensor,
         query_real_labels: Tensor | None = None,
         query_labels: Tensor | None = None,
+        views: Mapping[str, Tensor] | None = None,
+        logits_only: bool = False,
     ) -> dict[str, Tensor]:
-        """Everything after the backbone, on ``[S, T, D]`` / ``[Q, T, D]`` frame features."""
+        """Everything after the backbone, on ``[S, T, D]`` / ``[Q, T, D]`` frame features.
+
+        ``views``: precomputed local/global views (``ltce_s``, ``ltce_q``, ``gtce_s``, ``gtce_q``)
+        from :meth:`video_stage`, which depend on one video each (eval mode). ``logits_only``:
+        stop once the logits exist (evaluation; the distillation and text terms only feed losses).
+        """
         support_labels = support_labels.long()
         way = int(support_labels.max().item()) + 1
         if sorted(set(support_labels.tolist())) != list(range(way)):
@@ -421,16 +428,25 @@ class CLIPM2DF(nn.Module):
         else:
             prompt = class_text.index_select(0, pps["index"])
 
-        out_s_local = self.fusion_local(_prepend(text_s, self.ltce(support)), _prepend(text_s, support))
-        out_q_local = self.fusion_local(_prepend(prompt, self.ltce(query)), _prepend(prompt, query))
+        if views is None:
+            views = {"ltce_s": self.ltce(support), "ltce_q": self.ltce(query),
+                     "gtce_s": self.gtce(support), "gtce_q": self.gtce(query)}
+        out_s_local = self.fusion_local(_prepend(text_s, views["ltce_s"]), _prepend(text_s, support))
+        out_q_local = self.fusion_local(_prepend(prompt, views["ltce_q"]), _prepend(prompt, query))
         proto_local = class_mean(out_s_local, support_labels, way)
-        out_s_global = self.fusion_global(_prepend(text_s, self.gtce(support)), _prepend(text_s, support))
-        out_q_global = self.fusion_global(_prepend(prompt, self.gtce(query)), _prepend(prompt, query))
+        out_s_global = self.fusion_global(_prepend(text_s, views["gtce_s"]), _prepend(text_s, support))
+        out_q_global = self.fusion_global(_prepend(prompt, views["gtce_q"]), _prepend(prompt, query))
         proto_global = class_mean(out_s_global, support_labels, way)
 
-        d_local = self._otam(out_q_local[:, 1:], proto_local[:, 1:])
-        d_global = self._otam(out_q_global[:, 1:], proto_global[:, 1:])
+        # Both views in one OTAM call (the wavefront is elementwise over its batch: same values, half the steps).
+        d_local, d_global = resolve_otam()(
+            torch.stack([self._frame_dists(out_q_local[:, 1:], proto_local[:, 1:]),
+                         self._frame_dists(out_q_global[:, 1:], proto_global[:, 1:])]),
+            lbda=self.otam_lambda, bidirectional=not self.single_direction,
+        ).unbind(0)
         logits = -(d_local + d_global)
+        if logits_only:
+            return {"logits": logits, "d_local": d_local, "d_global": d_global, "prompt_index": pps["index"]}
 
         tok = 1 if self.faithful else 0  # quirk 1: the reference's "text" token is the first frame's output
         t_local = F.softmax(cos_sim(out_q_local[:, tok], proto_local[:, tok]), dim=-1).max(-1).values
@@ -468,6 +484,21 @@ class CLIPM2DF(nn.Module):
             )
         return out
 
+    def video_stage(self, x: Tensor) -> dict[str, Tensor]:
+        """What depends on one video only: its features and its local (LTCE) and global (GTCE) views.
+
+        In eval mode this is exactly what :meth:`head` computes for that video, so a frozen
+        evaluation computes it once per video and runs episodes with :meth:`episode_logits`.
+        """
+        return {"f": x, "ltce": self.ltce(x), "gtce": self.gtce(x)}
+
+    def episode_logits(
+        self, support: Mapping[str, Tensor], labels: Tensor, query: Mapping[str, Tensor], support_real_labels: Tensor
+    ) -> dict[str, Tensor]:
+        """:meth:`head` on per-video stages from :meth:`video_stage`."""
+        views = {"ltce_s": support["ltce"], "ltce_q": query["ltce"], "gtce_s": support["gtce"], "gtce_q": query["gtce"]}
+        return self.head(support["f"], labels, query["f"], support_real_labels, views=views, logits_only=True)
+
     # ------------------------------------------------------------------ pieces
     @torch.no_grad()
     def _prompt_selector(self, class_text: Tensor, query: Tensor) -> dict[str, Tensor]:
@@ -497,13 +528,17 @@ class CLIPM2DF(nn.Module):
             index = torch.full_like(argmax, -1)  # soft: no single class
         return {"probs": probs, "index": index, "argmax": argmax, "top_index": top_idx}
 
-    def _otam(self, q_frames: Tensor, s_frames: Tensor) -> Tensor:
-        """OTAM distance ``[Q, way]`` between query and prototype frames, frame cost ``1 - cos``."""
+    def _frame_dists(self, q_frames: Tensor, s_frames: Tensor) -> Tensor:
+        """Frame costs ``1 - cos`` ``[Q, way, Tq, Ts]`` between query and prototype frames (OTAM's input)."""
         n_q, t, d = q_frames.shape
         n_s, ts, _ = s_frames.shape
         frame_d = 1 - cos_sim(q_frames.reshape(-1, d), s_frames.reshape(-1, d))
-        dists = frame_d.reshape(n_q, t, n_s, ts).permute(0, 2, 1, 3)  # [Q, way, Tq, Ts]
-        return resolve_otam()(dists, lbda=self.otam_lambda, bidirectional=not self.single_direction)
+        return frame_d.reshape(n_q, t, n_s, ts).permute(0, 2, 1, 3)
+
+    def _otam(self, q_frames: Tensor, s_frames: Tensor) -> Tensor:
+        """OTAM distance ``[Q, way]`` between query and prototype frames."""
+        return resolve_otam()(self._frame_dists(q_frames, s_frames), lbda=self.otam_lambda,
+                              bidirectional=not self.single_direction)
 
     def _distill(self, d_local: Tensor, d_global: Tensor, t_local: Tensor, t_global: Tensor) -> tuple[Tensor, ...]:
         """Mutual distillation between the views (spec item 10); returns (loss, local-, global-reliable masks)."""

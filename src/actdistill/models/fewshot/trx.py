@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from actdistill.models.base import MODELS
-from actdistill.models.fewshot.protonet import FewShotHead
+from actdistill.models.fewshot.protonet import FewShotHead, episode_way
 
 __all__ = ["TRX", "TemporalCrossTransformer", "sinusoid_encoding"]
 
@@ -81,8 +81,14 @@ class TemporalCrossTransformer(nn.Module):
         return self.norm_k(self.k_linear(tok)), self.v_linear(tok)
 
     def forward(self, support: Tensor, labels: Tensor, query: Tensor, way: int) -> Tensor:
-        sk, sv = self._tokens(support)  # [S, P, d]
-        qk, qv = self._tokens(query)  # [Q, P, d]
+        return self.distances(*self._tokens(support), *self._tokens(query), labels, way)
+
+    def distances(self, sk: Tensor, sv: Tensor, qk: Tensor, qv: Tensor, labels: Tensor, way: int) -> Tensor:
+        """``[Q, way]`` distances from the tuple keys/values of supports ``[S, P, d]`` and queries ``[Q, P, d]``.
+
+        Split from :meth:`forward` because the tokens are a function of one video each: a frozen
+        evaluation computes them once per video (:meth:`TRX.video_stage`).
+        """
         n_tuples = sk.shape[1]
         counts = torch.bincount(labels.long(), minlength=way)
         if way > 0 and bool((counts == counts[0]).all()) and int(counts[0]) > 0:
@@ -137,6 +143,28 @@ class TRX(FewShotHead):
 
     def head(self, support: Tensor, labels: Tensor, query: Tensor, way: int, **_: Any) -> dict[str, Tensor]:
         dists = torch.stack([t(support, labels, query, way) for t in self.transformers], dim=-1)  # [Q, way, n]
+        return self._combine(dists)
+
+    def video_stage(self, x: Tensor) -> dict[str, Tensor]:
+        """What depends on one video only: its tuple keys and values per cardinality (``[N, P, d]``).
+
+        In eval mode (no dropout) this is exactly what :meth:`head` computes for that video, so a
+        frozen evaluation can compute it once per video and run episodes on it (:meth:`episode_logits`).
+        """
+        out: dict[str, Tensor] = {}
+        for t in self.transformers:
+            out[f"k{t.cardinality}"], out[f"v{t.cardinality}"] = t._tokens(x)
+        return out
+
+    def episode_logits(self, support: dict[str, Tensor], labels: Tensor, query: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`head` on per-video stages from :meth:`video_stage`."""
+        way = episode_way(labels)
+        dists = torch.stack([t.distances(support[f"k{t.cardinality}"], support[f"v{t.cardinality}"],
+                                         query[f"k{t.cardinality}"], query[f"v{t.cardinality}"], labels, way)
+                             for t in self.transformers], dim=-1)
+        return self._combine(dists)
+
+    def _combine(self, dists: Tensor) -> dict[str, Tensor]:
         out = {f"distance_card{c}": dists[..., i] for i, c in enumerate(self.cardinalities)}
         if self.combine == "norm":
             # sqrt has an infinite slope at 0; distances of exactly 0 only occur in degenerate inputs.
