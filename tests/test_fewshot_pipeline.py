@@ -132,9 +132,9 @@ def test_run_directory_and_cli(tiny_root: Path, tmp_path: Path, capsys: pytest.C
     assert all((run / "models" / f"{m}.safetensors").is_file() for m in summary)
 
     # Evaluate the trained run again, with more episodes: same weights, new summary.
-    assert main(["fewshot", "eval", str(run), "--episodes", "20"]) == 0
+    assert main(["fewshot", "eval", str(run), "--episodes", "20", "heads.methods=[otam]"]) == 0
     again = json.loads((run / "summary.json").read_text())
-    assert again["otam"]["3way1shot"]["episodes"] == 20
+    assert again["otam"]["3way1shot"]["episodes"] == 20 and list(again) == ["otam"]
     assert main(["fewshot", "eval", str(tmp_path / "nowhere")]) == 2
     assert "not a run directory" in capsys.readouterr().err
 
