@@ -19,25 +19,9 @@ import pytest
 
 from actdistill.data.datasets import synthetic as syn
 from actdistill.data.sampling import epic_flow_index, is_epic_2018
+from tests.conftest import EPIC_HEADER  # the official 15 columns, written out independently of the generator
 
 SIZE = "tiny"
-EPIC_COLUMNS = [
-    "narration_id",
-    "participant_id",
-    "video_id",
-    "narration_timestamp",
-    "start_timestamp",
-    "stop_timestamp",
-    "start_frame",
-    "stop_frame",
-    "narration",
-    "verb",
-    "verb_class",
-    "noun",
-    "noun_class",
-    "all_nouns",
-    "all_noun_classes",
-]
 
 
 def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -73,10 +57,10 @@ def test_annotation_files_and_columns(dataset: tuple[Path, dict[str, Any]]) -> N
     ann = root / "annotations"
     for name in ("EPIC_100_train.csv", "EPIC_100_validation.csv"):
         header, rows = _read(ann / name)
-        assert header == EPIC_COLUMNS, name
+        assert header == EPIC_HEADER, name
         assert rows
     header, rows = _read(ann / "EPIC_100_test_timestamps.csv")
-    assert header == EPIC_COLUMNS[:8]
+    assert header == EPIC_HEADER[:8]
     assert rows
     expected = {
         "EPIC_100_verb_classes.csv": ["id", "key", "instances", "category"],

@@ -47,6 +47,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from actdistill.data.datasets._generated import prepare_output
+
 GENERATOR = "actdistill.synthetic_epic"
 GENERATOR_VERSION = 2  # bump whenever the bytes written for a (seed, size) change
 META_FILE = "synth_meta.json"
@@ -1386,55 +1388,19 @@ def _metadata(
     }
 
 
-def _same_dataset(meta: dict[str, Any], seed: int, size: str) -> bool:
-    return (
-        meta.get("generator") == GENERATOR
-        and meta.get("version") == GENERATOR_VERSION
-        and meta.get("seed") == seed
-        and meta.get("size") == size
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 _OWN_DIR = re.compile(r"^P\d{2}$")
 
 
-def _prepare(out: Path, seed: int, size: str) -> dict[str, Any] | None:
-    """Decide what to do with ``out``: return the existing metadata (already generated), or make
-    the folder ready for a fresh generation, or refuse. Never deletes anything not ours."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder; cannot write a synthetic dataset there")
-    if not out.exists() or not any(out.iterdir()):
-        return None
-    meta = _read_json(out / META_FILE)
-    if meta is not None:
-        if _same_dataset(meta, seed, size):
-            (out / MARKER_FILE).unlink(missing_ok=True)
-            return meta
-        raise ValueError(
-            f"{out}: holds a different synthetic dataset (seed={meta.get('seed')}, size={meta.get('size')}, "
-            f"version={meta.get('version')}); choose another folder or delete this one"
-        )
-    marker = _read_json(out / MARKER_FILE)
-    if marker is None:
-        raise ValueError(f"{out}: is not empty and is not a synthetic dataset; refusing to write into it")
-    if not _same_dataset(marker, seed, size):
-        raise ValueError(
-            f"{out}: holds an incomplete synthetic dataset of seed={marker.get('seed')}, "
-            f"size={marker.get('size')}; delete it or use another folder"
-        )
-    # A killed generation of ours: clear only what the generator writes, then start again.
+def _clear_killed(out: Path) -> None:
+    """Remove what a killed generation of ours wrote (annotations and participant folders only)."""
     for child in out.iterdir():
         if child.is_dir() and (child.name == "annotations" or _OWN_DIR.match(child.name)):
             shutil.rmtree(child)
-    return None
+
+
+def _prepare(out: Path, seed: int, size: str) -> dict[str, Any] | None:
+    identity = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": seed, "size": size}
+    return prepare_output(out, identity, META_FILE, MARKER_FILE, _clear_killed, "synthetic dataset")
 
 
 def _default_workers() -> int:

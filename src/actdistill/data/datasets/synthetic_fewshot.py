@@ -44,6 +44,8 @@ import av
 import numpy as np
 from tqdm.auto import tqdm
 
+from actdistill.data.datasets._generated import prepare_output
+
 __all__ = [
     "MOTIONS",
     "OBJECTS",
@@ -347,48 +349,18 @@ def _metadata(plan: FewShotPlan, codec: str, seconds: float) -> dict[str, Any]:
     }
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _same(meta: dict[str, Any], seed: int, size: str) -> bool:
-    return (meta.get("generator"), meta.get("version"), meta.get("seed"), meta.get("size")) == (
-        GENERATOR,
-        GENERATOR_VERSION,
-        seed,
-        size,
-    )
-
-
-def _prepare(out: Path, seed: int, size: str) -> dict[str, Any] | None:
-    """Existing metadata (already generated), ``None`` (ready to write), or ``ValueError``.
-
-    Deletes only what a killed generation of the same seed/size wrote (its marker proves it)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder; cannot write a synthetic dataset there")
-    if not out.exists() or not any(out.iterdir()):
-        return None
-    meta = _read_json(out / META_FILE)
-    if meta is not None:
-        if _same(meta, seed, size):
-            return meta
-        raise ValueError(
-            f"{out}: holds a different synthetic few-shot dataset (seed={meta.get('seed')}, "
-            f"size={meta.get('size')}); choose another folder or delete this one"
-        )
-    marker = _read_json(out / MARKER_FILE)
-    if marker is None or not _same(marker, seed, size):
-        raise ValueError(f"{out}: is not empty and is not this synthetic dataset; refusing to write into it")
+def _clear_killed(out: Path) -> None:
+    """Remove what a killed generation of ours wrote (videos, annotation and split files)."""
     for child in out.iterdir():
         if child.name == SPLITS_DIR and child.is_dir():
             shutil.rmtree(child)
         elif child.suffix in (".mp4", ".part") or child.name in (LABELS_FILE, *SPLIT_FILES.values()):
             child.unlink()
-    return None
+
+
+def _prepare(out: Path, seed: int, size: str) -> dict[str, Any] | None:
+    identity = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": seed, "size": size}
+    return prepare_output(out, identity, META_FILE, MARKER_FILE, _clear_killed, "synthetic few-shot dataset")
 
 
 def write_synthetic_fewshot(
