@@ -76,6 +76,13 @@ class Encoder(nn.Module):
     def train(self, mode: bool = True) -> Encoder:
         return super().train(False if self.frozen else mode)
 
+    def _output(self, feat_dim: int, out_dim: int | None, temporal_layers: int, temporal_kernel: int) -> None:
+        """The tail every encoder shares: an optional projection of its ``feat_dim`` features to
+        ``out_dim`` (``proj``) and the temporal mixer over its tokens (``temporal``)."""
+        self.proj: nn.Module = nn.Linear(feat_dim, out_dim) if out_dim else nn.Identity()
+        self.out_dim = out_dim or feat_dim
+        self.temporal = TemporalMixer(self.out_dim, temporal_layers, temporal_kernel)
+
     def _finish(self, frozen: bool) -> None:
         """Called at the end of every subclass ``__init__`` so ``freeze=True`` works uniformly."""
         if frozen:

@@ -19,7 +19,6 @@ from actdistill.models.encoders.base import (
     ENCODERS,
     Encoder,
     Normalize,
-    TemporalMixer,
     fold_frames,
     load_state_dict_file,
 )
@@ -69,9 +68,7 @@ class OpenCLIPEncoder(Encoder):
         self.modality = modality
         self.arch = arch
         self.normalize: nn.Module = Normalize(CLIP_MEAN, CLIP_STD) if normalize_input else nn.Identity()
-        self.proj: nn.Module = nn.Linear(int(feat_dim), out_dim) if out_dim else nn.Identity()
-        self.out_dim = out_dim or int(feat_dim)
-        self.temporal = TemporalMixer(self.out_dim, temporal_layers, temporal_kernel)
+        self._output(int(feat_dim), out_dim, temporal_layers, temporal_kernel)
         self._finish(freeze)
 
     def num_tokens(self, num_frames: int) -> int:

@@ -20,7 +20,6 @@ from actdistill.models.encoders.base import (
     DEFAULT_CHANNELS,
     ENCODERS,
     Encoder,
-    TemporalMixer,
     fold_frames,
     grid_tokens,
 )
@@ -123,9 +122,7 @@ class FrameCNN(Encoder):
         self.in_channels = in_channels
         self.grid = grid
         self.backbone = conv_stack(in_channels, widths, blocks, norm)
-        self.proj: nn.Module = nn.Linear(widths[-1], out_dim) if out_dim else nn.Identity()
-        self.out_dim = out_dim or widths[-1]
-        self.temporal = TemporalMixer(self.out_dim, temporal_layers, temporal_kernel)
+        self._output(widths[-1], out_dim, temporal_layers, temporal_kernel)
         self._finish(freeze)
 
     def num_tokens(self, num_frames: int) -> int:
@@ -205,10 +202,8 @@ class BoxesEncoder(Encoder):
             mlp += [nn.Linear(cin, hidden), nn.LayerNorm(hidden), nn.GELU()]
             cin = hidden
         self.mlp = nn.Sequential(*mlp)
-        self.out_dim = out_dim or hidden
-        self.proj: nn.Module = nn.Linear(hidden, out_dim) if out_dim else nn.Identity()
         self.empty = nn.Parameter(torch.zeros(hidden))
-        self.temporal = TemporalMixer(self.out_dim, temporal_layers, temporal_kernel)
+        self._output(hidden, out_dim, temporal_layers, temporal_kernel)
         self._finish(freeze)
 
     def num_tokens(self, num_frames: int) -> int:
@@ -273,9 +268,7 @@ class IMUEncoder(Encoder):
                 ]
                 cin = w
         self.backbone = nn.Sequential(*layers)
-        self.out_dim = out_dim or widths[-1]
-        self.proj: nn.Module = nn.Linear(widths[-1], out_dim) if out_dim else nn.Identity()
-        self.temporal = TemporalMixer(self.out_dim, temporal_layers, temporal_kernel)
+        self._output(widths[-1], out_dim, temporal_layers, temporal_kernel)
         self._finish(freeze)
 
     def num_tokens(self, num_frames: int) -> int:

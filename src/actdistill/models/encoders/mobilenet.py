@@ -23,7 +23,6 @@ from actdistill.models.encoders.base import (
     IMAGENET_STD,
     Encoder,
     Normalize,
-    TemporalMixer,
     drop_prefixes,
     fold_frames,
     grid_tokens,
@@ -97,9 +96,7 @@ class MobileNetV2Encoder(Encoder):
         self.in_channels = in_channels
         self.grid = grid
         feat_dim = net.last_channel
-        self.proj: nn.Module = nn.Linear(feat_dim, out_dim) if out_dim else nn.Identity()
-        self.out_dim = out_dim or feat_dim
-        self.temporal = TemporalMixer(self.out_dim, temporal_layers, temporal_kernel)
+        self._output(feat_dim, out_dim, temporal_layers, temporal_kernel)
         self._finish(freeze)
 
     def num_tokens(self, num_frames: int) -> int:

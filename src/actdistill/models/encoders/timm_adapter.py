@@ -18,7 +18,6 @@ from actdistill.models.encoders.base import (
     ENCODERS,
     Encoder,
     Normalize,
-    TemporalMixer,
     fold_frames,
     grid_tokens,
     load_state_dict_file,
@@ -81,9 +80,7 @@ class TimmEncoder(Encoder):
         # pooled output can be wider than the feature map (e.g. MobileNetV3's conv_head)
         head_dim = getattr(self.model, "head_hidden_size", None) if tokens == "pooled" else None
         feat_dim = int(head_dim or self.model.num_features)
-        self.proj: nn.Module = nn.Linear(feat_dim, out_dim) if out_dim else nn.Identity()
-        self.out_dim = out_dim or feat_dim
-        self.temporal = TemporalMixer(self.out_dim, temporal_layers, temporal_kernel)
+        self._output(feat_dim, out_dim, temporal_layers, temporal_kernel)
         self._finish(freeze)
 
     def num_tokens(self, num_frames: int) -> int:
