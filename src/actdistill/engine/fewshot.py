@@ -664,8 +664,12 @@ class FewShotPipeline:
         """Per-video stages (:meth:`EpisodeNet.video_stage`) of every test video, from the feature
         cache, computed one video at a time so they do not depend on which videos share a batch."""
         feats = self.test_features(net)
-        with torch.no_grad():
-            return {u: _one(net.video_stage(f[None].to(self.device))) for u, f in feats.items()}
+        key = (net.method, weights_hash(net))  # both settings of a method share one pass over the videos
+        if getattr(self, "_stages_key", None) != key:
+            with torch.no_grad():
+                self._stages = {u: _one(net.video_stage(f[None].to(self.device))) for u, f in feats.items()}
+            self._stages_key = key
+        return self._stages
 
     def evaluate(self, net: EpisodeNet, setting: str, episodes: int | None = None,
                  reencode: bool = False) -> dict[str, Any]:
