@@ -28,12 +28,18 @@ def prepare_output(out: Path, identity: Mapping[str, Any], meta_file: str, marke
 
     Returns the existing metadata when ``out`` already holds this dataset, ``None`` when ``out``
     is ready for a fresh generation (``clear`` has removed what a killed generation of the same
-    dataset left), and raises ``ValueError`` naming the folder otherwise. Never deletes anything
-    a marker does not prove to be ours.
+    dataset, or a complete one by an older generator version, left), and raises ``ValueError``
+    naming the folder otherwise. Never deletes anything a marker or metadata file does not prove
+    to be ours.
     """
 
     def same(meta: Mapping[str, Any]) -> bool:
         return all(meta.get(k) == v for k, v in identity.items())
+
+    def outdated(meta: Mapping[str, Any]) -> bool:
+        old, new = meta.get("version"), identity.get("version")
+        return (isinstance(old, int) and isinstance(new, int) and old < new
+                and all(meta.get(k) == v for k, v in identity.items() if k != "version"))
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder; cannot write a {what} there")
@@ -44,6 +50,14 @@ def prepare_output(out: Path, identity: Mapping[str, Any], meta_file: str, marke
         if same(meta):
             (out / marker_file).unlink(missing_ok=True)
             return meta
+        if outdated(meta):
+            # Our own output of an older generator version: regenerate it in place. Only what the
+            # generator writes is removed (``clear``), so files the user added are kept.
+            print(f"{out}: {what} of generator version {meta.get('version')} is outdated; "
+                  f"regenerating it as version {identity.get('version')}")
+            clear(out)
+            (out / meta_file).unlink()
+            return None
         raise ValueError(
             f"{out}: holds a different {what} (seed={meta.get('seed')}, size={meta.get('size')}, "
             f"version={meta.get('version')}); choose another folder or delete this one"

@@ -11,12 +11,18 @@ which can only be studied when each modality is informative but insufficient on 
 
 * **RGB** shows the noun (shape + colour; several nouns share a shape or a colour) and, through the
   object's positions over time, part of the verb.
-* **Flow** is computed analytically from the known motion and drawn on a fixed-size disc around the
-  object, so it carries the verb's motion but neither the object's colour nor its shape.
+* **Flow** is computed analytically from the known motion of the object's outline, so it carries the
+  verb's motion and the object's shape, but not its colour or material.
 * **Audio** carries the material (timbre of impacts and scrapes) and the verb's rhythm (one impact,
   repeated hits, a scrape), but push and pull sound the same.
-* **Depth** carries height above the counter and distance to the camera (lift, push/pull) but no
-  colour and no shape (the object is a fixed-size disc in depth too).
+* **Depth** carries height above the counter, distance to the camera (lift, push/pull) and the
+  object's outline, but no colour and no material.
+
+Every noun shares its shape with one other noun, its colour with another and its material with a
+third, so no single modality resolves every noun, while any two of them mostly do. (Generator
+version 2 drew the object as a fixed disc in flow and depth; on real data a depth sensor and a flow
+field do show the object's outline, and hiding it made single-modality accuracy far lower, relative to
+all modalities, than the paper's real-data ratios.)
 
 Per-segment nuisances (blur, occlusion, low light, flow noise, loud or muted audio, depth holes and
 noise) hit each modality on 15-20% of segments independently, so fusion beats any single modality.
@@ -50,7 +56,7 @@ from tqdm.auto import tqdm
 from actdistill.data.datasets._generated import prepare_output
 
 GENERATOR = "actdistill.synthetic_epic"
-GENERATOR_VERSION = 2  # bump whenever the bytes written for a (seed, size) change
+GENERATOR_VERSION = 3  # bump whenever the bytes written for a (seed, size) change
 META_FILE = "synth_meta.json"
 # Written first and removed after META_FILE: proves a half-written folder is ours to clear.
 MARKER_FILE = ".synth_incomplete.json"
@@ -204,8 +210,6 @@ _SURFACES = ("plate", "board:chopping", "tray")
 SEGMENT_SECONDS = (0.8, 1.6)
 GAP_SECONDS = (0.2, 0.5)
 OBJECT_RADIUS = 9.0  # px at height 0: every noun has the same footprint
-FLOW_DISC = 11.5  # px: flow and depth draw the object as this disc, hiding its shape
-DEPTH_DISC = 10.0
 PERSPECTIVE = 0.08  # px the object moves up in the image per mm of height
 HAND_ANCHOR_DY = 14.0
 
@@ -807,14 +811,6 @@ class _VideoRenderer:
             return None
         return slice(ya, yb), slice(xa, xb), self.xs[None, xa:xb], self.ys[ya:yb, None]
 
-    def _disc(self, cx: float, cy: float, radius: float) -> tuple[tuple[slice, slice], np.ndarray] | None:
-        """Soft mask of a disc on its window (flow and depth draw every object this way)."""
-        win = self._win(cx - radius - 1, cx + radius + 1, cy - radius - 1, cy + radius + 1)
-        if win is None:
-            return None
-        sy, sx, x, y = win
-        return (sy, sx), _unit(radius + 0.5 - np.sqrt((x - cx) ** 2 + (y - cy) ** 2))
-
     def _hand(self, hx: float, hy: float, hs: float) -> dict[str, Any]:
         """Soft masks of the hand (ellipse) and forearm (capsule to the bottom edge); ``w`` is the
         arm's position along its length (0 at the body, 1 at the hand), used for its flow."""
@@ -835,10 +831,14 @@ class _VideoRenderer:
             g["arm"] = ((sy, sx), _unit(4.7 - dist), w)
         return g
 
-    def _object(
-        self, noun: NounSpec, cx: float, cy: float, th: float, s: float
-    ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
-        """Colour and alpha of one object on its window: shape, colour, material finish."""
+    def _silhouette(
+        self, shape: str, cx: float, cy: float, th: float, s: float
+    ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Soft mask of a shape at centre ``(cx, cy)``, angle ``th``, scale ``s`` on its window,
+        with the signed distance and the object-frame coordinates (for material finishes).
+
+        RGB, depth and flow all draw an object through this one outline, as a real camera, depth
+        sensor and flow field would: each modality sees the shape, none sees everything."""
         rad = 1.6 * OBJECT_RADIUS * s + 1.5
         win = self._win(cx - rad, cx + rad, cy - rad, cy + rad)
         if win is None:
@@ -847,8 +847,17 @@ class _VideoRenderer:
         dx, dy = (x - cx) / s, (y - cy) / s
         c, sn = math.cos(th), math.sin(th)
         lx, ly = c * dx + sn * dy, -sn * dx + c * dy
-        d = _shape_sdf(noun.shape, lx, ly) * s
-        alpha = _unit(0.5 - d)
+        d = _shape_sdf(shape, lx, ly) * s
+        return (sy, sx), _unit(0.5 - d), d, lx, ly
+
+    def _object(
+        self, noun: NounSpec, cx: float, cy: float, th: float, s: float
+    ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+        """Colour and alpha of one object on its window: shape, colour, material finish."""
+        sil = self._silhouette(noun.shape, cx, cy, th, s)
+        if sil is None:
+            return None
+        (sy, sx), alpha, d, lx, ly = sil
         rim = 0.62 + 0.38 * _unit(d / -1.5)
         col = np.asarray(COLOURS[noun.colour], np.float32) * rim[..., None]
         if noun.material == "wood":
@@ -940,18 +949,19 @@ class _VideoRenderer:
             if lay is not None:
                 (wy, wx), col, a = lay
                 img[wy, wx] += a[..., None] * (col - img[wy, wx])
-            disc = self._disc(tx, ty, DEPTH_DISC * 1.35)
-            if disc is not None:
-                (wy, wx), a = disc
+            sil = self._silhouette(NOUNS[sp.second_noun].shape, tx, ty, 0.0, 1.35)
+            if sil is not None:
+                (wy, wx), a = sil[:2]
                 d[wy, wx][a > 0.5] = self._plane(p["y0"]) - 18.0
-        lay = self._object(NOUNS[sp.noun], ox, oy, st["oth"][i], s)
+        noun = NOUNS[sp.noun]
+        sil = self._silhouette(noun.shape, ox, oy, st["oth"][i], s)
+        lay = self._object(noun, ox, oy, st["oth"][i], s)
         if lay is not None:
             (wy, wx), col, a = lay
             img[wy, wx] += a[..., None] * (col - img[wy, wx])
-        # depth: the object as a fixed disc at its distance from the camera
-        disc = self._disc(ox, oy, DEPTH_DISC * s)
-        if disc is not None:
-            (wy, wx), a = disc
+        # depth: the object's outline at its distance from the camera (no colour, no material)
+        if sil is not None:
+            (wy, wx), a = sil[:2]
             d[wy, wx][a > 0.5] = self._plane(st["oy"][i] + PERSPECTIVE * oh) - 30.0 - oh
         hand = self._hand(st["hx"][i] - cx, st["hy"][i] - cy, st["hs"][i])
         hand_d = self._plane(min(st["hy"][i], FRAME_H)) - 25.0 - st["hh"][i]
@@ -990,16 +1000,15 @@ class _VideoRenderer:
             d[low.repeat(8, 0).repeat(8, 1)] = DEPTH_MISSING
         if fu is None or fv is None:
             return
-        # Flow: each layer moves rigidly. The object's disc follows its similarity transform
+        # Flow: each layer moves rigidly. The object's outline follows its similarity transform
         # (translation, rotation, scale); the hand likewise; the arm interpolates body -> hand.
         cbx, cby = cam_b
         bx, by = sb["ox"][i] - cbx, sb["oy"][i] - cby
         r = sb["os"][i] / s
         dth = sb["oth"][i] - st["oth"][i]
         c, sn = r * math.cos(dth), r * math.sin(dth)
-        disc = self._disc(ox, oy, FLOW_DISC * s)
-        if disc is not None:
-            (wy, wx), a = disc
+        if sil is not None:
+            (wy, wx), a = sil[:2]
             x, y = self.xs[None, wx], self.ys[wy, None]
             dx, dy = x - ox, y - oy
             fu[wy, wx] += a * (bx + c * dx - sn * dy - x - fu[wy, wx])
@@ -1444,8 +1453,9 @@ def write_synthetic_epic(
 
     Idempotent: a folder already holding this seed/size/version is returned as is. A folder with
     a killed generation of the same seed/size (``.synth_incomplete.json`` present, no
-    ``synth_meta.json``) is cleared (only ``annotations/`` and ``PXX/``) and regenerated. Any
-    other non-empty folder is refused with ``ValueError``. ``synth_meta.json`` is written last, so
+    ``synth_meta.json``) is cleared (only ``annotations/`` and ``PXX/``) and regenerated, and so
+    is a complete one of the same seed/size by an older generator version. Any other non-empty
+    folder is refused with ``ValueError``. ``synth_meta.json`` is written last, so
     its presence means the dataset is complete. ``workers`` processes render videos (default: the
     usable CPU count, at most 8); the output does not depend on it.
     """
