@@ -37,6 +37,30 @@ def test_cache_roundtrip_resume_and_key(tmp_path: Path) -> None:
     assert len(FeatureCache(tmp_path, "feat", key)) == 3
 
 
+def test_clip_cache_key_follows_the_data_files(tmp_path: Path) -> None:
+    """Regenerated data or an edited annotation file must not read clips cached from the old files."""
+    import os
+
+    from actdistill.data.builder import DataConfig
+    from actdistill.engine.clips import clip_cache_key
+
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    (tmp_path / "synth_meta.json").write_text('{"version": 2}')
+    (ann / "EPIC_100_train.csv").write_text("a,b\n")
+    cfg = DataConfig(root=str(tmp_path), annotations=str(ann))
+    key = clip_cache_key(cfg, "train", True)
+    assert clip_cache_key(cfg, "train", True) == key
+    (tmp_path / "P01").mkdir()  # folders (frames, videos) are not stamped: stat calls stay few
+    assert clip_cache_key(cfg, "train", True) == key
+    (ann / "EPIC_100_train.csv").write_text("a,b\n1,2\n")
+    edited = clip_cache_key(cfg, "train", True)
+    assert edited != key
+    st = (tmp_path / "synth_meta.json").stat()
+    os.utime(tmp_path / "synth_meta.json", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert clip_cache_key(cfg, "train", True) != edited
+
+
 def test_cache_rejects_nan_and_corrupt_index(tmp_path: Path) -> None:
     c = FeatureCache(tmp_path, "feat", {"k": 1}, shard_size=1, dtype=None)
     c.add("bad", 0, {"rgb": torch.tensor([float("nan")])})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from actdistill.config import to_dict
 from actdistill.data.batch import Collate
 from actdistill.data.builder import DataConfig, build_dataset
 from actdistill.data.records import DatasetIndex
-from actdistill.engine.cache import FeatureCache
+from actdistill.engine.cache import FeatureCache, cache_key_hash
 from actdistill.engine.distributed import is_main, rank, world_size
 
 
@@ -61,12 +62,32 @@ class ClipTensors:
             yield self.batch(order[i:i + batch_size])
 
 
+def data_stamp(data: DataConfig) -> str:
+    """Identity of the dataset's files: name, size and mtime of the regular files at the top of
+    ``root`` and of ``annotations`` (annotation CSVs/JSONs, the synthetic generator's metadata).
+
+    Why: the config alone does not say *which* data sits at ``root``; regenerating the synthetic
+    set or editing an annotation file must not read tensors cached from the old files. Only the
+    top-level files are stamped, so the cost is a few ``stat`` calls whatever the dataset's size;
+    re-extracting frames in place without touching any annotation file is not detected (delete
+    the cache folder then)."""
+    rows = []
+    for folder in {Path(data.root), *([Path(data.annotations)] if data.annotations else [])}:
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                st = f.stat()
+                rows.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return cache_key_hash({"files": sorted(rows)})
+
+
 def clip_cache_key(data: DataConfig, split: str, train: bool) -> dict[str, Any]:
     """Everything that changes the decoded clips (not batch size or worker count)."""
     d = to_dict(data)
     for k in ("batch_size", "num_workers", "train_split", "val_split", "test_split"):
         d.pop(k, None)
-    return {"kind": "clips", "data": d, "split": split, "train": train}
+    return {"kind": "clips", "data": d, "files": data_stamp(data), "split": split, "train": train}
 
 
 def _fill(cache: FeatureCache, data: DataConfig, split: str, train: bool, views: int, index: DatasetIndex,
