@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from actdistill.cli_deploy import add_deploy_parsers
 from actdistill.cli_fewshot import add_fewshot_parser
 
 DEFAULT_SYNTH_ROOT = "data/synthetic"
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_karmma(sub)
     _add_demo(sub)
     add_fewshot_parser(sub)
+    add_deploy_parsers(sub)
     return parser
 
 

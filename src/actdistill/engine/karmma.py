@@ -155,6 +155,36 @@ def _log(msg: str) -> None:
         print(msg, flush=True)
 
 
+MODEL_INFO = "model.json"
+
+
+def write_model_info(run_dir: Path, modalities: tuple[str, ...], heads: dict[str, int],
+                     classes: dict[str, list[str]], action_head: bool, input_shapes: dict[str, list[int]]) -> None:
+    """What a deployed model needs besides its weights: modality order, heads, class names and the
+    per-sample input shape of every modality (``[T, ...]`` after preprocessing). Written with the
+    run so that ``Recognizer.from_run`` and ``export onnx`` never need the training data again."""
+    from actdistill.rundir import write_json
+
+    write_json(Path(run_dir) / MODEL_INFO, {
+        "modalities": list(modalities), "heads": heads, "action_head": action_head,
+        "classes": {t: list(v) for t, v in classes.items() if t in heads or t in ("verb", "noun")},
+        "input_shapes": input_shapes})
+
+
+def build_row(cfg: KarmmaConfig, modalities: tuple[str, ...], heads: dict[str, int], kind: str) -> nn.Module:
+    """An untrained model of row ``kind`` (student architecture; see ``ROW_KINDS``)."""
+    if kind not in ROW_KINDS:
+        raise ValueError(f"unknown row {kind!r}; choose from {ROW_KINDS}")
+    spec = cfg.student.model
+    enc = {m: {"name": n, **o} for m in modalities for n, o in [_spec_opts(spec, m)]}
+    if kind == "late_fusion":
+        return build_late_fusion(modalities, heads, spec.size, enc)
+    fusion = dict(spec.fusion)
+    if kind == "mmt":
+        fusion["missing"] = "single_token"
+    return build_karmma(modalities, heads, spec.size, enc, **fusion)
+
+
 # ------------------------------------------------------------------------------------------- pipeline
 class KarmmaPipeline:
     def __init__(self, cfg: KarmmaConfig, run_dir: Path) -> None:
@@ -181,6 +211,9 @@ class KarmmaPipeline:
             self.test_clips = load_clips(data, data.test_split, False, data.sampling.test_views, root,
                                          self.test_index, self.progress)
         self.timings["data"] = time.perf_counter() - t0
+        if is_main():
+            write_model_info(self.run_dir, self.modalities, self.heads, self.classes, self.cfg.action_head,
+                             {m: list(x.shape[1:]) for m, x in self.test_clips[0].inputs.items()})
         _log(f"data: {len(self.train_clips[0])} train clips x {len(self.train_clips)} views, "
              f"{len(self.test_clips[0])} test clips, tasks {self.heads} ({self.timings['data']:.1f}s)")
 
@@ -338,14 +371,7 @@ class KarmmaPipeline:
 
     # ------------------------------------------------------------------------------------ rows
     def build_row(self, kind: str) -> nn.Module:
-        spec = self.cfg.student.model
-        enc = {m: {"name": n, **o} for m in self.modalities for n, o in [_spec_opts(spec, m)]}
-        if kind == "late_fusion":
-            return build_late_fusion(self.modalities, self.heads, spec.size, enc)
-        fusion = dict(spec.fusion)
-        if kind == "mmt":
-            fusion["missing"] = "single_token"
-        return build_karmma(self.modalities, self.heads, spec.size, enc, **fusion)
+        return build_row(self.cfg, self.modalities, self.heads, kind)
 
     def train_row(self, kind: str, teacher: MultimodalRecognizer | None) -> nn.Module:
         if kind not in ROW_KINDS:

@@ -1,0 +1,70 @@
+"""``actdistill export onnx`` and ``actdistill predict``: deploying a trained student.
+
+Wired into the top-level parser by :func:`add_deploy_parsers`; heavy imports happen inside the
+commands so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a trained student (ONNX)",
+                       description="Export a trained model of a run directory for deployment.")
+    esub = p.add_subparsers(dest="export_cmd", required=True, metavar="FORMAT")
+    s = esub.add_parser("onnx", help="one ONNX graph with a presence-mask input, validated on every subset",
+                        description="Export the student of RUN_DIR to ONNX with the modality presence mask as an "
+                        "input (one graph serves every modality subset), check ONNX Runtime against PyTorch on "
+                        "every subset, and write labels.json, export.json and MODEL_CARD.md beside it.")
+    s.add_argument("run_dir", help="run directory written by 'actdistill demo' or 'actdistill karmma train'")
+    s.add_argument("--out", help="output folder (default: RUN_DIR/onnx)")
+    s.add_argument("--row", default="student", help="which trained row to export (default: student)")
+    s.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    s.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("predict", help="recognise the action in one video with a trained model",
+                       description="One video (file or frame folder) in, top-k verb/noun/action out (KARMMA run). "
+                       "Flow is computed from the video (TV-L1) and audio read from its audio stream when the model "
+                       "uses them; whatever is unavailable is reported and the model runs on the rest. With a "
+                       "few-shot run, --support names a folder <class>/<videos> and the video is classified among "
+                       "those classes.")
+    p.add_argument("run_dir", help="run directory of a KARMMA or few-shot run")
+    p.add_argument("video", help="video file (.mp4, .webm, ...) or a folder of frames")
+    p.add_argument("--modalities", help="comma-separated subset to use, e.g. rgb,audio (default: all the model has)")
+    p.add_argument("--depth", help="folder of 16-bit depth PNGs for the video, when the model uses depth")
+    p.add_argument("--row", default="student", help="KARMMA: which trained row to use (default: student)")
+    p.add_argument("--support", help="few-shot: support folder <class>/<video or frame folder>")
+    p.add_argument("--method", help="few-shot: which trained method (default: clip_m2df if trained)")
+    p.add_argument("--top-k", type=int, default=5, help="classes to list per task (default: 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from actdistill.deploy.export import export_onnx
+
+    report = export_onnx(args.run_dir, args.out, args.row, args.opset)
+    print(f"wrote {report['onnx']} ({report['bytes'] / 1e6:.2f} MB, {report['export_seconds']:.1f}s)")
+    print("ONNX Runtime vs PyTorch, max |logit difference| per modality subset:")
+    for name, check in report["validation"].items():
+        print(f"  {name:<28} {check['max_abs_diff']:.2e}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from actdistill.deploy import FewShotRecognizer, Recognizer
+
+    fewshot = (Path(args.run_dir) / "models").is_dir() and not (Path(args.run_dir) / "model.json").exists()
+    if fewshot or args.support:
+        if not args.support:
+            raise ValueError(f"{args.run_dir} is a few-shot run: give the classes with --support DIR")
+        pred = FewShotRecognizer.from_run(args.run_dir, args.method).predict(args.video, args.support, args.top_k)
+    else:
+        mods = [m for m in args.modalities.split(",") if m] if args.modalities else None
+        pred = Recognizer.from_run(args.run_dir, args.row).predict(args.video, mods, args.top_k, args.depth)
+    print(json.dumps(pred.to_dict(), indent=2) if args.json else pred.format())
+    return 0
