@@ -36,9 +36,11 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
 bench: install
-	$(PY) benchmarks/data_loading.py
-	$(PY) benchmarks/otam.py
-	$(PY) benchmarks/fewshot_eval.py
+	$(VENV)/bin/actdistill bench data
+	$(VENV)/bin/actdistill bench otam
+	$(VENV)/bin/actdistill bench fewshot
+	$(VENV)/bin/actdistill bench deploy
+	$(VENV)/bin/actdistill bench teacher-cache
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -95,8 +95,8 @@ def test_recognizer_errors(run: tuple[Path, Path], tmp_path: Path) -> None:
     run_dir, _ = run
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Recognizer.from_run(tmp_path / "nope")
-    with pytest.raises(ValueError, match="teacher"):
-        Recognizer.from_run(run_dir, "teacher")
+    with pytest.raises(ValueError, match="unknown row"):
+        Recognizer.from_run(run_dir, "ensemble")
     with pytest.raises(FileNotFoundError, match=r"baseline\.safetensors"):
         Recognizer.from_run(run_dir, "baseline")
     bad = tmp_path / "broken.mp4"
@@ -104,6 +104,32 @@ def test_recognizer_errors(run: tuple[Path, Path], tmp_path: Path) -> None:
     rec = Recognizer.from_run(run_dir)
     with pytest.raises(ValueError, match=r"broken\.mp4"):
         rec.predict(bad)
+
+
+def test_rows_rebuilt_from_the_run_reproduce_its_predictions(run: tuple[Path, Path]) -> None:
+    """Teacher (frozen extractors + fusion, all from teacher.safetensors) and student rebuilt by
+    ``Recognizer.from_run`` predict, on the run's cached test clips, exactly the per-sample
+    predictions its evaluation wrote."""
+    import csv
+
+    from actdistill.data.builder import load_index
+    from actdistill.engine.clips import load_clips
+
+    run_dir, root = run
+    for row in ("teacher", "student"):
+        rec = Recognizer.from_run(run_dir, row)
+        d = rec.cfg.data
+        views = load_clips(d, d.test_split, False, d.sampling.test_views, rec.cfg.cache.root,
+                           load_index(d, d.test_split), False)
+        inputs = {m: torch.stack([v.inputs[m] for v in views], 1).float() for m in views[0].inputs}
+        logits = rec.logits(inputs, views[0].present)
+        with open(run_dir / f"predictions_{row}.csv", newline="") as f:
+            rows = {r["uid"]: r for r in csv.DictReader(f)}
+        for task in ("verb", "noun"):
+            want = [int(rows[u][f"{task}_pred"]) for u in views[0].uids]
+            assert logits[task].argmax(1).tolist() == want, (row, task)
+    pred = Recognizer.from_run(run_dir, "teacher").predict(_video(root), ["rgb", "audio"])
+    assert pred.used == ["rgb", "audio"] and pred.row == "teacher"
 
 
 def test_cli_predict_json(run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -200,3 +226,22 @@ def test_fewshot_predict_against_a_support_folder(fewshot_run: tuple[Path, Path]
     assert "--support" in capsys.readouterr().err
     with pytest.raises(ValueError, match="trx"):
         FewShotRecognizer.from_run(run_dir, "trx")
+
+
+def test_bench_deploy_and_teacher_cache_smoke(run: tuple[Path, Path], tmp_path: Path) -> None:
+    """The benchmarks run end to end on a tiny run and write their JSON (timings are not asserted)."""
+    run_dir, _ = run
+    out = tmp_path / "deploy.json"
+    assert main(["bench", "deploy", "--run", str(run_dir), "--subsets", "full,rgb", "--runtimes", "eager,onnxruntime",
+                 "--warmup", "0", "--repeats", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert {(r["model"], r["runtime"], r["subset"], r["batch"]) for r in res["rows"]} == {
+        (m, rt, s, b) for m in ("teacher", "student") for rt in ("eager", "onnxruntime")
+        for s in ("rgb", "rgb+flow+audio+depth") for b in (1, 16)}
+    assert res["matmul_peak"]["gflops_per_s"] > 0
+    assert res["achieved"]["teacher"]["gflops_per_clip"] > res["achieved"]["student"]["gflops_per_clip"]
+    out = tmp_path / "cache.json"
+    assert main(["bench", "teacher-cache", "--run", str(run_dir), "--batch", "4", "--warmup", "0", "--repeats", "1",
+                 "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["per_step_ms"]) == {"cached tokens", "re-run extractors", "extract (cache build)"}

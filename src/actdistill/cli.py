@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from actdistill.cli_deploy import add_deploy_parsers
+from actdistill.cli_deploy import add_bench_parser, add_deploy_parsers
 from actdistill.cli_fewshot import add_fewshot_parser
 
 DEFAULT_SYNTH_ROOT = "data/synthetic"
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     add_fewshot_parser(sub)
     add_deploy_parsers(sub)
+    add_bench_parser(sub)
     return parser
 
 

@@ -42,6 +42,34 @@ def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+BENCHMARKS = {
+    "deploy": ("actdistill.bench.deploy", "student vs teacher per subset: eager, torch.compile, ONNX Runtime; FLOP/s"),
+    "teacher-cache": ("actdistill.bench.teacher_cache", "teacher training on cached tokens vs re-running extractors"),
+    "data": ("actdistill.bench.data_loading", "clips/s per modality with 0, 1, 2 workers vs naive decoding"),
+    "otam": ("actdistill.bench.otam", "vectorised OTAM vs the double loop"),
+    "fewshot": ("actdistill.bench.fewshot_eval", "few-shot evaluation on cached features vs per-episode encoding"),
+}
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark (fixed methodology; JSON + Markdown table)",
+                       description="Benchmarks with fixed methodology: warm-up, repeats, median/min/max, the "
+                       "machine described, a baseline in the same run. Results go to benchmarks/results/*.json; the "
+                       "Markdown table printed at the end is what docs/benchmarks.md shows. "
+                       "`actdistill bench NAME --help` lists a benchmark's options.")
+    p.add_argument("name", choices=sorted(BENCHMARKS), metavar="NAME",
+                   help="; ".join(f"{k}: {v[1]}" for k, v in BENCHMARKS.items()))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="options passed to the benchmark")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(BENCHMARKS[args.name][0])
+    return int(module.main(list(args.args)))
+
+
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from actdistill.deploy.export import export_onnx
 

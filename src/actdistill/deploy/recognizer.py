@@ -114,24 +114,28 @@ class Recognizer:
     @classmethod
     def from_run(cls, run_dir: str | Path, row: str = "student", device: str = "cpu") -> Recognizer:
         """Load ``row`` (default the KARMMA student) from a run directory written by
-        ``actdistill demo`` or ``actdistill karmma train``."""
+        ``actdistill demo`` or ``actdistill karmma train``. ``row="teacher"`` loads the whole teacher
+        (its frozen extractors are in ``teacher.safetensors``)."""
         from actdistill.config import build_config
         from actdistill.engine.checkpoint import load_weights
-        from actdistill.engine.karmma import KarmmaConfig, build_row
+        from actdistill.engine.karmma import KarmmaConfig, build_row, build_teacher
 
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise FileNotFoundError(f"{run_dir}: run directory does not exist")
-        if row not in STUDENT_ROWS:
-            raise ValueError(f"row {row!r} cannot be deployed alone; choose one of {STUDENT_ROWS} "
-                             "(the teacher needs its frozen extractors and token cache)")
+        if row not in (*STUDENT_ROWS, "teacher"):
+            raise ValueError(f"unknown row {row!r}; choose one of {(*STUDENT_ROWS, 'teacher')}")
         cfg = build_config(KarmmaConfig, run_dir / "config.yaml")
         info = read_model_info(run_dir)
         weights = run_dir / f"{row}.safetensors"
         if not weights.exists():
             trained = sorted(p.stem for p in run_dir.glob("*.safetensors"))
             raise FileNotFoundError(f"{weights}: not found; this run has weights for {trained or 'no row'}")
-        model = build_row(cfg, tuple(info["modalities"]), dict(info["heads"]), row)
+        mods, heads = tuple(info["modalities"]), dict(info["heads"])
+        if row == "teacher":  # frozen extractors + fusion, all in teacher.safetensors
+            model = build_teacher(cfg, mods, heads, int(next(iter(info["input_shapes"].values()))[0]))
+        else:
+            model = build_row(cfg, mods, heads, row)
         load_weights(model, weights)
         return cls(model, cfg, info, row, run_dir, device)
 

@@ -185,6 +185,22 @@ def build_row(cfg: KarmmaConfig, modalities: tuple[str, ...], heads: dict[str, i
     return build_karmma(modalities, heads, spec.size, enc, **fusion)
 
 
+def build_teacher(cfg: KarmmaConfig, modalities: tuple[str, ...], heads: dict[str, int],
+                  num_frames: int) -> MultimodalRecognizer:
+    """The teacher's architecture (extractors + fusion) without fitting or pretrained downloads:
+    ``teacher.safetensors`` of a run holds every weight, extractors included."""
+    spec = cfg.teacher.model
+    encs = {}
+    for m in modalities:
+        name, opts = _spec_opts(spec, m)
+        if "pretrained" in opts or name == "mobilenet_v2":  # the run's file has the weights
+            opts["pretrained"] = None
+        encs[m] = build_encoder(name, modality=m, **opts)
+    fusion = KARMMAFusion(modalities, {m: e.out_dim for m, e in encs.items()}, heads,
+                          num_tokens={m: int(e.num_tokens(num_frames)) for m, e in encs.items()}, **spec.fusion)
+    return MultimodalRecognizer(encs, fusion)
+
+
 # ------------------------------------------------------------------------------------------- pipeline
 class KarmmaPipeline:
     def __init__(self, cfg: KarmmaConfig, run_dir: Path) -> None:

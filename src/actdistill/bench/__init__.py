@@ -1,0 +1,1 @@
+"""Benchmarks with one methodology (``common``); run them with ``actdistill bench NAME``."""
