@@ -232,11 +232,11 @@ def test_bench_deploy_and_teacher_cache_smoke(run: tuple[Path, Path], tmp_path: 
     """The benchmarks run end to end on a tiny run and write their JSON (timings are not asserted)."""
     run_dir, _ = run
     out = tmp_path / "deploy.json"
-    assert main(["bench", "deploy", "--run", str(run_dir), "--subsets", "full,rgb", "--runtimes", "eager,onnxruntime",
+    assert main(["bench", "deploy", "--run", str(run_dir), "--subsets", "full,rgb", "--runtimes", "eager,onnxruntime,eager-bf16",
                  "--warmup", "0", "--repeats", "1", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert {(r["model"], r["runtime"], r["subset"], r["batch"]) for r in res["rows"]} == {
-        (m, rt, s, b) for m in ("teacher", "student") for rt in ("eager", "onnxruntime")
+        (m, rt, s, b) for m in ("teacher", "student") for rt in ("eager", "onnxruntime", "eager-bf16")
         for s in ("rgb", "rgb+flow+audio+depth") for b in (1, 16)}
     assert res["matmul_peak"]["gflops_per_s"] > 0
     assert res["achieved"]["teacher"]["gflops_per_clip"] > res["achieved"]["student"]["gflops_per_clip"]

@@ -10,7 +10,10 @@ median / min / max milliseconds. Runtimes, measured in the same run:
 * ``compile``: ``torch.compile`` of the presence-mask graph (one graph for every subset: every
   encoder runs and absent ones are discarded, so its cost does not fall with fewer modalities);
 * ``onnxruntime``: the exported ONNX graph (same graph), CPU provider, as many intra-op threads
-  as torch uses.
+  as torch uses;
+* ``eager-bf16`` (opt-in, meant for GPUs): eager under ``torch.autocast(dtype=torch.bfloat16)``.
+
+``--device cuda`` runs the PyTorch runtimes on the GPU (every timed call synchronised).
 
 Then the achieved floating-point rate of the full-modality forward (FLOPs counted by
 ``torch.utils.flop_counter`` / median time, batch 16, eager) against the machine's measured
@@ -35,6 +38,7 @@ from actdistill.evaluation.efficiency import count_flops
 from actdistill.evaluation.protocols import modality_subsets, subset_name
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
+ALL_RUNTIMES = (*RUNTIMES, "eager-bf16")
 
 
 def newest_demo_run(base: str = "runs") -> Path:
@@ -63,25 +67,37 @@ def _inputs(shapes: dict[str, list[int]], mods: tuple[str, ...], batch: int) -> 
     return {m: torch.rand(batch, *shapes[m], generator=gen) for m in mods}
 
 
-def _runners(rec: Any, runtime: str, onnx_path: Path | None) -> Callable[[dict[str, torch.Tensor], torch.Tensor],
-                                                                         Callable[[], object]]:
+Maker = Callable[[dict[str, torch.Tensor], torch.Tensor], Callable[[], object]]
+
+
+def _runners(rec: Any, runtime: str, onnx_path: Path | None, device: torch.device) -> Maker:
     """``make(inputs, present) -> call`` for one runtime (inputs hold every modality)."""
     from actdistill.deploy.export import PresenceMaskGraph
 
     mods, tasks = rec.modalities, list(rec.heads)
-    model = rec.model.eval()
-    if runtime == "eager":
+    model = rec.model.eval().to(device)
+    if runtime in ("eager", "eager-bf16"):
         def make(x: dict[str, torch.Tensor], present: torch.Tensor) -> Callable[[], object]:
-            sub = {m: x[m] for j, m in enumerate(mods) if bool(present[:, j].any())}
-            return lambda: model(sub, present)
+            sub = {m: x[m].to(device) for j, m in enumerate(mods) if bool(present[:, j].any())}
+            pres = present.to(device)
+            if runtime == "eager":
+                return lambda: model(sub, pres)
+
+            def bf16() -> object:
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    return model(sub, pres)
+            return bf16
         return make
     if runtime == "compile":
         graph = torch.compile(PresenceMaskGraph(model, tasks).eval(), dynamic=False)
 
         def make_c(x: dict[str, torch.Tensor], present: torch.Tensor) -> Callable[[], object]:
-            args = [x[m] for m in mods]
-            return lambda: graph(*args, present)
+            args = [x[m].to(device) for m in mods]
+            pres = present.to(device)
+            return lambda: graph(*args, pres)
         return make_c
+    if runtime != "onnxruntime":
+        raise ValueError(f"unknown runtime {runtime!r}; choose from {ALL_RUNTIMES}")
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -97,12 +113,13 @@ def _runners(rec: Any, runtime: str, onnx_path: Path | None) -> Callable[[dict[s
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="KARMMA run directory (default: the newest runs/demo-*)")
-    ap.add_argument("--runtimes", default=",".join(RUNTIMES))
+    ap.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"comma-separated, from {ALL_RUNTIMES}")
     ap.add_argument("--subsets", default="all", help="all, or comma-separated subset names (full, rgb+audio, ...)")
     ap.add_argument("--batches", default="1,16", help="latency batch, throughput batch")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (ONNX Runtime always runs on the CPU provider)")
     ap.add_argument("--out", default="benchmarks/results/deploy.json")
     args = ap.parse_args(argv)
     if args.threads > 0:
@@ -111,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from actdistill.deploy.export import export_onnx
 
     run = Path(args.run) if args.run else newest_demo_run()
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     recs = {row: Recognizer.from_run(run, row) for row in ("teacher", "student")}
     mods = recs["student"].modalities
     shapes = {m: list(v) for m, v in recs["student"].info["input_shapes"].items()}
@@ -135,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 onnx = None
                 if runtime == "onnxruntime":
                     onnx = Path(export_onnx(run, Path(tmp) / row, row)["onnx"])
-                make = _runners(rec, runtime, onnx)
+                make = _runners(rec, runtime, onnx, device)
                 for batch in batches:
                     x = _inputs(shapes, mods, batch)
                     for k, subset in enumerate(subsets):
@@ -158,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     big = batches[-1]
     achieved = {}
     for row, rec in recs.items():
-        x = _inputs(shapes, mods, big)
-        present = torch.ones(big, len(mods), dtype=torch.bool)
+        x = {m: v.to(device) for m, v in _inputs(shapes, mods, big).items()}
+        present = torch.ones(big, len(mods), dtype=torch.bool, device=device)
         with torch.no_grad():
             flops = count_flops(lambda rec=rec, x=x, present=present: rec.model(x, present))
         t = next(r for r in rows if r["model"] == row and r["runtime"] == "eager" and r["batch"] == big
