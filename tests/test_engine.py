@@ -51,6 +51,8 @@ def test_clip_cache_key_follows_the_data_files(tmp_path: Path) -> None:
     cfg = DataConfig(root=str(tmp_path), annotations=str(ann))
     key = clip_cache_key(cfg, "train", True)
     assert clip_cache_key(cfg, "train", True) == key
+    cfg.options["generate"] = False  # whether the adapter may write the data, not what it reads
+    assert clip_cache_key(cfg, "train", True) == key
     (tmp_path / "P01").mkdir()  # folders (frames, videos) are not stamped: stat calls stay few
     assert clip_cache_key(cfg, "train", True) == key
     (ann / "EPIC_100_train.csv").write_text("a,b\n1,2\n")

@@ -87,6 +87,7 @@ def clip_cache_key(data: DataConfig, split: str, train: bool) -> dict[str, Any]:
     d = to_dict(data)
     for k in ("batch_size", "num_workers", "train_split", "val_split", "test_split"):
         d.pop(k, None)
+    d["options"] = {k: v for k, v in d.get("options", {}).items() if k != "generate"}  # whether to write, not what
     return {"kind": "clips", "data": d, "files": data_stamp(data), "split": split, "train": train}
 
 
