@@ -48,7 +48,15 @@ SPLIT_FILES = {
 SPLITS = tuple(SPLIT_FILES)
 MODALITIES = ("rgb", "flow", "audio", "depth")
 _VIDEO_ID = re.compile(r"^P\d{2,}_\d{2,3}$")
+# participant_id names the folder media are looked up in (``root/<participant>/rgb_frames``), so a
+# row must not be able to point it anywhere else (``../..``, an absolute path).
+_PARTICIPANT_ID = re.compile(r"P\d{2,}")
 _TIMESTAMP = re.compile(r"^\d{2}:\d{2}:\d{2}(\.\d+)?$")
+
+
+class UnknownClassError(ValueError):
+    """A row whose class id is outside the class list: reported as ``unknown_label``, while every
+    other bad row (non-integer class ids included) is ``malformed``."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,9 @@ class _VideoSources:
         self.root = root
         self.depth_dirname = depth_dirname
         self.frames = frames
-        self._cache: dict[str, tuple[dict[str, Source], list[Problem], int | None]] = {}
+        # keyed by (participant, video): media live under root/<participant>/, so one row naming the
+        # wrong participant must not decide where every other row of that video looks
+        self._cache: dict[tuple[str, str], tuple[dict[str, Source], list[Problem], int | None]] = {}
 
     @staticmethod
     def _count(folder: Path, suffix: str) -> int:
@@ -163,8 +173,8 @@ class _VideoSources:
     def get(self, participant: str, video_id: str, modalities: tuple[str, ...]) -> tuple[
         dict[str, Source], list[Problem], int | None
     ]:
-        if video_id in self._cache:
-            return self._cache[video_id]
+        if (participant, video_id) in self._cache:
+            return self._cache[participant, video_id]
         base = self.root / participant
         sources: dict[str, Source] = {}
         problems: list[Problem] = []
@@ -211,8 +221,8 @@ class _VideoSources:
                                           num_frames=self._count(folder, ".png"))
             else:
                 problems.append(Problem(str(folder), "depth frames not found", "missing"))
-        self._cache[video_id] = (sources, problems, n_rgb)
-        return self._cache[video_id]
+        self._cache[participant, video_id] = (sources, problems, n_rgb)
+        return self._cache[participant, video_id]
 
 
 def load_epic_kitchens(
@@ -260,20 +270,20 @@ def load_epic_kitchens(
 
     media = _VideoSources(root, depth_dirname, frames)
     segments: list[Segment] = []
-    reported: set[str] = set()
+    reported: set[tuple[str, str]] = set()
     for row in rows:
         v = row.values
         where = f"{path}"
         try:
             seg = _row_to_segment(v, labelled, len(verbs), len(nouns), action_index, fps)
         except ValueError as err:
-            problems.append(Problem(where, f"line {row.line}: {err}", "malformed" if "class" not in str(err)
-                                    else "unknown_label"))
+            kind = "unknown_label" if isinstance(err, UnknownClassError) else "malformed"
+            problems.append(Problem(where, f"line {row.line}: {err}", kind))
             continue
         sources, media_problems, n_rgb = media.get(v["participant_id"], v["video_id"], tuple(modalities))
-        if v["video_id"] not in reported:
+        if (v["participant_id"], v["video_id"]) not in reported:
             problems.extend(media_problems)
-            reported.add(v["video_id"])
+            reported.add((v["participant_id"], v["video_id"]))
         if n_rgb is not None and seg.stop_frame > n_rgb:
             problems.append(Problem(where, f"line {row.line}: stop_frame {seg.stop_frame} beyond the "
                                     f"{n_rgb} RGB frames of {v['video_id']}; clamped", "malformed"))
@@ -299,6 +309,8 @@ def _row_to_segment(
     vid = v["video_id"].strip()
     if not _VIDEO_ID.match(vid):
         raise ValueError(f"video_id {vid!r} is not of the form PXX_YY or PXX_1YY")
+    if not _PARTICIPANT_ID.fullmatch(v["participant_id"]):
+        raise ValueError(f"participant_id {v['participant_id']!r} is not of the form PXX")
     try:
         start, stop = int(v["start_frame"]), int(v["stop_frame"])
     except ValueError:
@@ -322,15 +334,19 @@ def _row_to_segment(
                 f"verb_class/noun_class {v['verb_class']!r}/{v['noun_class']!r} are not integers"
             ) from None
         if not 0 <= verb < n_verbs:
-            raise ValueError(f"verb_class {verb} outside the {n_verbs} verb classes")
+            raise UnknownClassError(f"verb_class {verb} outside the {n_verbs} verb classes")
         if not 0 <= noun < n_nouns:
-            raise ValueError(f"noun_class {noun} outside the {n_nouns} noun classes")
+            raise UnknownClassError(f"noun_class {noun} outside the {n_nouns} noun classes")
         labels = {"verb": verb, "noun": noun, "action": action_index.get((verb, noun), -1)}
         try:
             all_nouns = ast.literal_eval(v["all_nouns"])
             all_noun_classes = ast.literal_eval(v["all_noun_classes"])
-        except (ValueError, SyntaxError):
-            raise ValueError(f"all_nouns/all_noun_classes {v['all_nouns']!r} are not Python-literal lists") from None
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            # literal_eval never runs code, but hostile nesting ("-" * 10**5 + "1", "{[]: 1}") makes
+            # CPython's parser raise RecursionError/MemoryError/TypeError: still just a bad row
+            raise ValueError(
+                f"all_nouns/all_noun_classes {v['all_nouns'][:80]!r} are not Python-literal lists"
+            ) from None
         if not isinstance(all_noun_classes, list) or not all(isinstance(c, int) for c in all_noun_classes):
             raise ValueError(f"all_noun_classes {v['all_noun_classes']!r} is not a list of integers")
         meta.update(narration=v["narration"], all_nouns=all_nouns, all_noun_classes=all_noun_classes)
