@@ -56,7 +56,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,9 @@ RESERVED = frozenset(
     | {f"{m}_template" for m in MODALITIES}
 )
 _FRAME_COUNTING = ("rgb", "depth", "flow")  # modalities whose frame count can define stop_frame
+# An integer class index as text. Not ``str.isdigit``: it accepts "--1" after lstrip("-") and
+# superscripts such as "¹", on which int() then raises instead of the row being reported.
+_INT_TEXT = re.compile(r"-?[0-9]+")
 
 
 def _read_manifest(root: Path, manifest: Path | None) -> tuple[Path, Iterator[tuple[int, dict[str, Any] | str]]]:
@@ -98,9 +103,13 @@ def _read_manifest(root: Path, manifest: Path | None) -> tuple[Path, Iterator[tu
     if manifest.suffix.lower() == ".jsonl":
         return manifest, _jsonl_rows(text)
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is None or "uid" not in [f.strip() for f in reader.fieldnames]:
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as e:
+        raise DataError(manifest, f"CSV syntax error in the header: {e}") from None
+    if fieldnames is None or "uid" not in [f.strip() for f in fieldnames]:
         raise DataError(manifest, "CSV header must name a 'uid' column")
-    return manifest, _csv_rows(reader)
+    return manifest, _csv_rows(reader, manifest)
 
 
 def _jsonl_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
@@ -112,15 +121,25 @@ def _jsonl_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
         except json.JSONDecodeError as e:
             yield lineno, f"invalid JSON at column {e.colno}: {e.msg}"
             continue
+        except RecursionError:  # json raises this, not JSONDecodeError, for hostile nesting depth
+            yield lineno, "JSON nested too deeply"
+            continue
         yield lineno, obj if isinstance(obj, dict) else f"expected a JSON object, got {type(obj).__name__}"
 
 
-def _csv_rows(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    for i, row in enumerate(reader, 1):
-        if None in row or any(v is None for v in row.values()):
-            yield i, "wrong number of cells for the header"
-            continue
-        yield i, {k.strip(): v.strip() for k, v in row.items()}
+def _csv_rows(reader: csv.DictReader[str], manifest: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """Rows of a CSV manifest. A CSV syntax error (a field over the csv module's size limit, a
+    stray NUL) leaves the rest of the file unparseable, so it is a :class:`DataError` naming the
+    manifest and row, not a traceback from the csv module."""
+    i = 0
+    try:
+        for i, row in enumerate(reader, 1):
+            if None in row or any(v is None for v in row.values()):
+                yield i, "wrong number of cells for the header"
+                continue
+            yield i, {k.strip(): v.strip() for k, v in row.items()}
+    except csv.Error as e:
+        raise DataError(manifest, f"CSV syntax error at row {i + 1}: {e}") from None
 
 
 def _read_classes(path: Path) -> dict[str, list[str]]:
@@ -143,7 +162,7 @@ def _derive_classes(rows: list[dict[str, Any]], tasks: Sequence[str]) -> dict[st
     out: dict[str, list[str]] = {}
     for task in tasks:
         values = {_cell(r.get(task)) for r in rows} - {""}
-        if values and all(v.lstrip("-").isdigit() for v in values):
+        if values and all(_INT_TEXT.fullmatch(v) for v in values):
             top = max(int(v) for v in values)
             out[task] = [str(i) for i in range(top + 1)]
         else:
@@ -267,7 +286,7 @@ def _build_segment(
             continue
         if value in class_idx[task]:
             labels[task] = class_idx[task][value]
-        elif value.lstrip("-").isdigit() and 0 <= int(value) < len(class_idx[task]):
+        elif _INT_TEXT.fullmatch(value) and 0 <= int(value) < len(class_idx[task]):
             labels[task] = int(value)
         else:
             bad(f"{task} {value!r} is not a known class", "unknown_label")
@@ -347,8 +366,8 @@ def _build_segment(
     if length is not None and start > length:
         bad(f"start_frame {start} is past the last frame ({length})")
         return None
-    if not fps > 0:
-        bad(f"fps must be positive, got {fps}")
+    if not (fps > 0 and math.isfinite(fps)):  # "inf" parses as a float and would put every frame at t = 0
+        bad(f"fps must be a positive finite number, got {fps}")
         return None
 
     sources = {m: with_fps(src, fps) if m in _FRAME_COUNTING else src for m, src in sources.items()}

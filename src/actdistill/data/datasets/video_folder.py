@@ -72,6 +72,8 @@ def read_json(path: str | Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(p, f"invalid JSON at line {e.lineno}, column {e.colno} (char {e.pos}): {e.msg}") from None
+    except RecursionError:  # json raises this, not JSONDecodeError, for hostile nesting depth
+        raise DataError(p, "invalid JSON: nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -146,10 +148,14 @@ def inspect_frame_folder(folder: str | Path, template: str | None = None) -> Fra
         raise DataError(p, "frame folder has no image files")
     if template is not None:
         try:
-            ok = (p / template.format(1)).is_file() and (p / template.format(n)).is_file()
+            first, last = template.format(1), template.format(n)
         except (IndexError, ValueError, KeyError):
-            ok = False
-        if ok:
+            first = last = ""
+        if first and not (safe_name(first) and safe_name(last)):
+            # a template comes from a manifest column or a config option: it must name files *in*
+            # the folder, or a row could make the readers decode files from anywhere on disk
+            raise DataError(p, f"frame template {template!r} names {first!r}, not a file inside the folder")
+        if first and (p / first).is_file() and (p / last).is_file():
             return FrameFolder(str(p), n, template)
     inferred = infer_template(names)
     if inferred is not None:

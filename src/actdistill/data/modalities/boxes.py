@@ -68,6 +68,8 @@ def load_json(path: str | Path, cache_files: int = 2) -> Any:
         raise DataError(
             p, f"malformed JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}"
         ) from None
+    except RecursionError:  # json raises this, not JSONDecodeError, for hostile nesting depth
+        raise DataError(p, "malformed JSON: nested too deeply") from None
     except UnicodeDecodeError as e:
         raise DataError(p, f"not UTF-8 text (byte {e.start}): {e.reason}") from None
     except OSError as e:
