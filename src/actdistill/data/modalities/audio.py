@@ -25,6 +25,7 @@ from actdistill.data.records import DataError, Problem, Segment, Source
 
 AUDIO_KINDS = ("video", "wav")
 _AV_ERRORS = (av.FFmpegError, OSError)
+TRUNCATION_TOLERANCE_SEC = 1.0  # codec priming/padding is milliseconds; a lost tail of a second is not
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,15 +113,21 @@ def decode_audio(
     Returns ``(wave, t0)`` where ``t0`` is the container time in seconds of the first sample
     (usually 0), so windows line up with video frame times even if the audio starts late.
     A file without an audio stream, or whose audio stream decodes to nothing, is an error: a
-    silent stand-in would teach the model that "no data" sounds like silence.
+    silent stand-in would teach the model that "no data" sounds like silence. For the same reason
+    a truncated file (an incomplete download: FFmpeg decodes what is there without complaint, and
+    the windows past the cut would be zero-filled) and NaN/Inf samples (float WAVs) are errors.
     """
     p = Path(path)
     if not p.exists():
         raise DataError(p, "audio source file does not exist")
     if p.stat().st_size == 0:
         raise DataError(p, "audio source file is empty (0 bytes)")
+    wav_problem = wav_truncation(p)
+    if wav_problem is not None:
+        raise DataError(p, wav_problem)
     chunks: list[np.ndarray] = []
     t0: float | None = None
+    declared: float | None = None
     try:
         with av.open(str(p)) as container:
             streams = container.streams.audio
@@ -131,6 +138,8 @@ def decode_audio(
                     p, f"file has {len(streams)} audio stream(s), stream {stream_index} requested"
                 )
             stream = streams[stream_index]
+            if stream.duration and stream.time_base:
+                declared = float(stream.duration * stream.time_base)
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             for frame in container.decode(stream):
                 if t0 is None and frame.pts is not None and frame.time_base is not None:
@@ -144,7 +153,40 @@ def decode_audio(
     wave = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
     if wave.size == 0:
         raise DataError(p, "audio stream is empty (no samples decoded)")
+    decoded = wave.size / sample_rate
+    if declared is not None and declared - decoded > TRUNCATION_TOLERANCE_SEC:
+        raise DataError(p, f"audio stream is truncated: the header declares {declared:.2f} s, only "
+                           f"{decoded:.2f} s decode (incomplete download?)")
+    bad = int(np.count_nonzero(~np.isfinite(wave)))
+    if bad:
+        raise DataError(p, f"audio holds NaN or Inf samples ({bad} of {wave.size} after resampling)")
     return wave, (t0 or 0.0)
+
+
+def wav_truncation(path: str | Path) -> str | None:
+    """What is wrong with a RIFF/WAVE file whose data chunk is shorter than its header says.
+
+    FFmpeg's WAV demuxer trusts the file size over the header, so it reports a cut file's shorter
+    duration as if it were the whole recording; only the ``data`` chunk's declared size tells.
+    Returns ``None`` for complete files, non-WAV files and streamed WAVs (size 0 or 0xFFFFFFFF).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        size = os.fstat(fh.fileno()).st_size
+        pos = 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            chunk = fh.read(8)
+            length = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                have = size - pos - 8
+                if length in (0, 0xFFFFFFFF) or have >= length:
+                    return None
+                return f"truncated WAV: the data chunk declares {length} bytes, only {have} are present"
+            pos += 8 + length + (length & 1)
+    return None
 
 
 def cached_audio(
