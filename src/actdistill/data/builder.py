@@ -11,7 +11,7 @@ from actdistill.data.batch import Collate
 from actdistill.data.dataset import MultimodalDataset
 from actdistill.data.datasets import get_dataset
 from actdistill.data.modalities.base import READERS, ModalityReader
-from actdistill.data.records import DatasetIndex
+from actdistill.data.records import DataError, DatasetIndex
 from actdistill.data.sampling import TemporalSampler
 from actdistill.data.transforms import SpatialTransform
 
@@ -54,8 +54,24 @@ class DataConfig:
 
 
 def load_index(cfg: DataConfig, split: str) -> DatasetIndex:
+    """Index ``split`` of the configured dataset; a split with no usable sample is a :class:`DataError`.
+
+    Why raise: an empty split would otherwise surface far from its cause (a DataLoader refusing
+    ``num_samples=0``, or a training stage that runs zero steps and saves untrained weights),
+    while here the first problem found says which file made every sample unusable.
+    """
     spec = get_dataset(cfg.dataset)
-    return spec.load(cfg.root, split, annotations=cfg.annotations, modalities=tuple(cfg.modalities), **cfg.options)
+    index = spec.load(cfg.root, split, annotations=cfg.annotations, modalities=tuple(cfg.modalities), **cfg.options)
+    if not index.segments:
+        where = cfg.annotations or cfg.root
+        if index.problems:
+            first = index.problems[0]
+            detail = f"{len(index.problems)} problem(s) found, the first: {first.path}: {first.message}"
+        else:
+            detail = "the split lists no samples"
+        raise DataError(where, f"split {split!r} of dataset {cfg.dataset!r} has no usable samples ({detail}); "
+                               "see `actdistill data summary`")
+    return index
 
 
 def build_readers(cfg: DataConfig) -> dict[str, ModalityReader]:
