@@ -69,9 +69,15 @@ class FeatureCache:
         try:
             data = json.loads(path.read_text())
             self._entries = dict(data["entries"])
-            self._shards = list(data["shards"])
+            self._shards = [str(s) for s in data["shards"]]
             self._meta = dict(data.get("meta", {}))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            # every entry must be [shard, row, names]: checked here, so a damaged index is reported
+            # once as corrupt instead of failing with a TypeError at some later get()
+            for eid, entry in self._entries.items():
+                if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+                        and isinstance(entry[1], int) and isinstance(entry[2], list)):
+                    raise TypeError(f"entry {eid!r} is {entry!r}, expected [shard, row, names]")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
             raise DataError(path, f"cache index is corrupt ({err}); delete {self.dir} to rebuild it") from None
         # shards named by the index must exist; entries pointing elsewhere are dropped (rebuilt later)
         present = {s for s in self._shards if (self.dir / s).exists()}
@@ -101,12 +107,21 @@ class FeatureCache:
 
     # ----------------------------------------------------------------- write
     def add(self, uid: str, view: int, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Queue one entry; shards are flushed every ``shard_size`` entries (call :meth:`flush` at the end)."""
+        """Queue one entry; shards are flushed every ``shard_size`` entries (call :meth:`flush` at the end).
+
+        NaN/Inf are refused here, after the conversion to the storage dtype (a finite float32 above
+        65504 becomes Inf in float16): written to disk they would only fail at a later :meth:`get`,
+        in every later run, until the cache folder is deleted.
+        """
         stored = {}
         for name, t in tensors.items():
             t = t.detach().cpu()
             if self.dtype is not None and t.is_floating_point():
                 t = t.to(self.dtype)
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                overflow = bool(torch.isfinite(tensors[name]).all())
+                what = f"values beyond the range of {t.dtype} (Inf once stored)" if overflow else "NaN or Inf"
+                raise DataError(self.dir, f"refusing to cache {entry_id(uid, view)}/{name}: it holds {what}")
             stored[name] = t.contiguous()
         self._pending.append((entry_id(uid, view), stored))
         if len(self._pending) >= self.shard_size:
@@ -115,7 +130,7 @@ class FeatureCache:
     def flush(self) -> None:
         if not self._pending:
             return
-        shard = f"shard_{len(self._shards):06d}_{os.getpid()}.safetensors"
+        shard = self._new_shard_name()
         flat: dict[str, torch.Tensor] = {}
         rows: dict[str, list[Any]] = {}
         for row, (eid, tensors) in enumerate(self._pending):
@@ -134,6 +149,17 @@ class FeatureCache:
         self._entries.update(rows)
         self._pending.clear()
         self._write_index()
+
+    def _new_shard_name(self) -> str:
+        """A shard name no file has. Numbering by ``len(self._shards)`` alone would reuse the name
+        of a later shard once an earlier one was dropped as missing, and ``os.replace`` would then
+        silently put other entries' tensors under that shard's index rows."""
+        n = len(self._shards)
+        while True:
+            name = f"shard_{n:06d}_{os.getpid()}.safetensors"
+            if name not in self._shards and not (self.dir / name).exists():
+                return name
+            n += 1
 
     # ------------------------------------------------------------------ read
     def _shard(self, name: str) -> dict[str, torch.Tensor]:
@@ -159,7 +185,10 @@ class FeatureCache:
         data = self._shard(shard)
         out = {}
         for name in names:
-            t = data[f"{row}/{name}"]
+            t = data.get(f"{row}/{name}")
+            if t is None:  # the index and the shard disagree: report the cache, not a bare KeyError
+                raise DataError(self.dir / shard, f"cache shard has no tensor {row}/{name} for {eid}; "
+                                                  f"delete {self.dir} to rebuild it")
             if not torch.isfinite(t.float()).all():
                 raise DataError(self.dir / shard, f"cached tensor {eid}/{name} holds NaN or Inf")
             out[name] = t.float() if t.is_floating_point() else t
