@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ from safetensors.torch import load_file, save_file
 
 from actdistill.data.records import DataError
 from actdistill.rundir import atomic_write_text
+
+CHECKPOINT_FILES = ("model.safetensors", "state.safetensors", "state.json")
+_EPOCH_DIR = re.compile(r"epoch_\d{4,}")
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -73,7 +77,11 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
     except Exception as err:
         raise DataError(path, f"not a readable safetensors file ({err})") from None
     inner = model.module if hasattr(model, "module") else model
-    missing, unexpected = inner.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = inner.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # strict=False still refuses tensors of the wrong shape
+        detail = " ".join(str(err).split("\n")[1:3]).strip() or str(err)
+        raise DataError(path, f"weights do not match the model: {detail}") from None
     if strict and (missing or unexpected):
         raise DataError(path, f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
@@ -111,19 +119,40 @@ def save_checkpoint(
         shutil.rmtree(final)
     tmp.rename(final)
     atomic_write_text(root / "latest", final.name)
-    done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("epoch_"))
-    for old in done[:-keep] if keep > 0 else []:
+    for old in _epoch_dirs(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def _complete(path: Path) -> bool:
+    return all((path / f).is_file() for f in CHECKPOINT_FILES)
+
+
+def _epoch_dirs(root: Path) -> list[Path]:
+    """``epoch_NNNN`` folders in numeric order. By name, ``epoch_10000`` sorts before ``epoch_9999``
+    (step-numbered checkpoints pass 9999), and pruning would delete the checkpoint just written."""
+    dirs = [p for p in root.iterdir() if p.is_dir() and _EPOCH_DIR.fullmatch(p.name)]
+    return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
+
+
 def latest_checkpoint(run_dir: str | Path, name: str = "checkpoints") -> Path | None:
+    """The newest complete checkpoint: the one ``latest`` names, else the highest complete epoch.
+
+    The fallback matters when the pointer is gone or names a folder that is not a complete
+    checkpoint (deleted by hand, or ``latest`` edited): returning ``None`` there would restart
+    training from scratch and, through ``keep`` pruning, delete the newer checkpoints that were
+    still on disk. Half-written ``.tmp_epoch_*`` folders are never considered.
+    """
     root = Path(run_dir) / name
     pointer = root / "latest"
-    if not pointer.exists():
+    if pointer.is_file():
+        target = pointer.read_text(errors="replace").strip()
+        if _EPOCH_DIR.fullmatch(target) and _complete(root / target):
+            return root / target
+    if not root.is_dir():
         return None
-    path = root / pointer.read_text().strip()
-    return path if (path / "state.json").exists() else None
+    done = [p for p in _epoch_dirs(root) if _complete(p)]
+    return done[-1] if done else None
 
 
 def load_checkpoint(
@@ -138,18 +167,28 @@ def load_checkpoint(
     load_weights(model, path / "model.safetensors")
     try:
         plain = json.loads((path / "state.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path / "state.json", f"checkpoint state unreadable ({err})") from None
+    try:
         tensors = load_file(str(path / "state.safetensors"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(path, f"checkpoint state unreadable ({err})") from None
-    if optimizer is not None and "optimizer" in plain:
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, plain["optimizer"]))
-    if scheduler is not None and "scheduler" in plain:
-        scheduler.load_state_dict(plain["scheduler"])
-    if restore_rng:
-        torch.set_rng_state(tensors["rng.torch"])
-        random.setstate(_tuplify(plain["rng"]["python"]))
-        st = plain["rng"]["numpy"]
-        np.random.set_state((st[0], np.array(st[1], dtype=np.uint32), st[2], st[3], st[4]))
+    except Exception as err:  # safetensors raises its own error types
+        raise DataError(path / "state.safetensors", f"not a readable safetensors file ({err})") from None
+    try:
+        if optimizer is not None and "optimizer" in plain:
+            optimizer.load_state_dict(_unflatten_optimizer(tensors, plain["optimizer"]))
+        if scheduler is not None and "scheduler" in plain:
+            scheduler.load_state_dict(plain["scheduler"])
+        if restore_rng:
+            torch.set_rng_state(tensors["rng.torch"])
+            random.setstate(_tuplify(plain["rng"]["python"]))
+            st = plain["rng"]["numpy"]
+            np.random.set_state((st[0], np.array(st[1], dtype=np.uint32), st[2], st[3], st[4]))
+        int(plain["epoch"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        # a state that does not match this optimizer/scheduler, or lacks the epoch or RNG states,
+        # cannot resume the run exactly; say which checkpoint rather than raise a bare KeyError
+        raise DataError(path, f"checkpoint state does not match this run or is incomplete "
+                              f"({type(err).__name__}: {err})") from None
     return plain
 
 
@@ -171,7 +210,7 @@ def load_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
         raise DataError(path, "refused: the file is not a plain weights checkpoint (it needs arbitrary "
-                        f"unpickling, which actdistill never does). Details: {str(err).splitlines()[0]}") from None
+                        f"unpickling, which actdistill never does). Details: {_refusal_reason(err)}") from None
     for key in ("state_dict", "model", "model_state_dict", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -179,6 +218,21 @@ def load_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise DataError(path, "does not hold a state dict of tensors")
     return obj
+
+
+def _refusal_reason(err: Exception) -> str:
+    """The line of torch's weights-only error that says what the file asked for.
+
+    Its first line is generic and goes on to suggest ``weights_only=False``, which is exactly
+    what must not be done with a file one did not write; the specific line ("Unsupported global:
+    GLOBAL posix.system ...", "Unsupported operand 149") is what the user needs to see.
+    """
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("Unsupported") or "GLOBAL" in ln:
+            return ln
+    first = lines[0] if lines else type(err).__name__
+    return first.split(". In PyTorch")[0]
 
 
 def _jsonable(x: Any) -> Any:
