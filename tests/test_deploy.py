@@ -232,8 +232,9 @@ def test_bench_deploy_and_teacher_cache_smoke(run: tuple[Path, Path], tmp_path: 
     """The benchmarks run end to end on a tiny run and write their JSON (timings are not asserted)."""
     run_dir, _ = run
     out = tmp_path / "deploy.json"
-    assert main(["bench", "deploy", "--run", str(run_dir), "--subsets", "full,rgb", "--runtimes", "eager,onnxruntime,eager-bf16",
-                 "--warmup", "0", "--repeats", "1", "--out", str(out)]) == 0
+    assert main(["bench", "deploy", "--run", str(run_dir), "--subsets", "full,rgb",
+                 "--runtimes", "eager,onnxruntime,eager-bf16", "--warmup", "0", "--repeats", "1",
+                 "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert {(r["model"], r["runtime"], r["subset"], r["batch"]) for r in res["rows"]} == {
         (m, rt, s, b) for m in ("teacher", "student") for rt in ("eager", "onnxruntime", "eager-bf16")

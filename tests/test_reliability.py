@@ -1253,12 +1253,12 @@ def test_foreign_checkpoint_with_pickled_code_is_refused(loader: str, payload: s
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     PAYLOADS[payload](path, marker)
-    with pytest.raises((DataError, pickle.UnpicklingError, RuntimeError)) as err:
+    with pytest.raises(DataError) as err:  # every loader: a DataError naming the file
         LOADERS[loader](path)
     assert not marker.exists(), "the payload ran"
-    if loader.startswith("engine"):  # ours: a DataError naming the file, without torch's "retry unsafely" advice
-        assert isinstance(err.value, DataError) and err.value.path == str(path) and "refused" in err.value.problem
-        assert "weights_only` set to `False`" not in err.value.problem
+    assert err.value.path == str(path)
+    assert "refused" in err.value.problem or "TorchScript" in err.value.problem
+    assert "weights_only` set to `False`" not in err.value.problem  # never torch's "retry unsafely" advice
 
 
 @pytest.mark.parametrize("loader", list(LOADERS))

@@ -20,6 +20,7 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,11 +207,7 @@ def load_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as err:
             raise DataError(path, f"not a readable safetensors file ({err})") from None
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise DataError(path, "refused: the file is not a plain weights checkpoint (it needs arbitrary "
-                        f"unpickling, which actdistill never does). Details: {_refusal_reason(err)}") from None
+    obj = torch_load_weights_only(path)
     for key in ("state_dict", "model", "model_state_dict", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -218,6 +215,21 @@ def load_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise DataError(path, "does not hold a state dict of tensors")
     return obj
+
+
+def torch_load_weights_only(path: str | Path, allowed: Sequence[Any] = ()) -> Any:
+    """``torch.load(weights_only=True)`` of a file we did not write, on the CPU; a refusal (the file
+    asks for arbitrary unpickling) or an unreadable file is a :class:`DataError` naming it.
+
+    ``allowed``: extra plain classes the weights-only unpickler may build (e.g. ``Counter``).
+    The one place foreign torch files are opened, so the refusal reads the same everywhere."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DataError(path, "refused: the file is not a plain weights checkpoint (it needs arbitrary "
+                        f"unpickling, which actdistill never does). Details: {_refusal_reason(err)}") from None
 
 
 def _refusal_reason(err: Exception) -> str:

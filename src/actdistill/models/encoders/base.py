@@ -136,7 +136,9 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
         sd: Any = load_file(str(p), device="cpu")
     else:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
+        from actdistill.engine.checkpoint import torch_load_weights_only
+
+        sd = torch_load_weights_only(p)
     for key in ("state_dict", "model", "module", "model_state"):
         if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
             sd = sd[key]

@@ -96,10 +96,17 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
         obj = load_file(str(p), device="cpu")
     elif _is_torchscript(p):
-        obj = torch.jit.load(str(p), map_location="cpu").state_dict()
+        try:
+            obj = torch.jit.load(str(p), map_location="cpu").state_dict()
+        except Exception as err:  # TorchScript raises RuntimeError / pickle errors of its own
+            from actdistill.data.records import DataError
+
+            first = str(err).splitlines()[0] if str(err) else repr(err)
+            raise DataError(p, f"not a loadable TorchScript archive ({first})") from None
     else:
-        with torch.serialization.safe_globals([collections.Counter]):
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+        from actdistill.engine.checkpoint import torch_load_weights_only
+
+        obj = torch_load_weights_only(p, [collections.Counter])
     for key in _WRAPPERS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
