@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_deploy_parsers(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +68,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
     module = importlib.import_module(BENCHMARKS[args.name][0])
-    return int(module.main(list(args.args)))
+    prog, sys.argv[0] = sys.argv[0], f"actdistill bench {args.name}"  # argparse names itself from argv[0]
+    try:
+        return int(module.main(list(args.args)))
+    finally:
+        sys.argv[0] = prog
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
