@@ -95,3 +95,29 @@ def test_torchrun_ddp_two_ranks(tiny_root: Path, tmp_path: Path) -> None:
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert list(summary) == ["teacher", "baseline", "student"]
     assert all(len(s["subsets"]) == 15 for s in summary.values())
+
+
+def test_dropout_ramp_rises_linearly_to_the_rate(tiny_root: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``student.dropout_ramp_epochs``: the rate climbs from p/ramp to p over the first epochs, then
+    stays; 0 (the default) keeps the paper's constant rate."""
+    import actdistill.engine.karmma as karmma
+
+    seen: list[float] = []
+    real = karmma.modality_dropout
+
+    def spy(present, p, gen):  # type: ignore[no-untyped-def]
+        seen.append(round(float(p), 4))
+        return real(present, p, gen)
+
+    monkeypatch.setattr(karmma, "modality_dropout", spy)
+    for ramp, want in ((2, [0.25, 0.5]), (0, [0.5])):
+        seen.clear()
+        cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY,
+                                 "student.optim.epochs=3", f"student.dropout_ramp_epochs={ramp}"])
+        run = tmp_path / f"run{ramp}"
+        run.mkdir()
+        pipe = karmma.KarmmaPipeline(cfg, run)
+        pipe.load_data()
+        pipe.train_row("baseline_delta", None)
+        assert sorted(set(seen)) == want and seen[-1] == 0.5

@@ -77,6 +77,9 @@ class StudentConfig:
     model: ModelSpec = field(default_factory=lambda: ModelSpec(
         size="student", fusion={"dim": 128, "depth": 1, "num_heads": 4, "missing": "tokens"}))
     modality_dropout: float = 0.5
+    # Epochs over which the student rows' dropout rate rises linearly from 0 to modality_dropout
+    # (0: constant, the paper). A from-scratch student barely fits under p = 0.5 from the start.
+    dropout_ramp_epochs: int = 0
     alpha: float = 0.5
     temperature: float = 1.0
     teacher_input: str = "dropped"  # dropped (paper v3: the teacher sees the student's input) | all (v1)
@@ -397,7 +400,8 @@ class KarmmaPipeline:
         torch.manual_seed(self.cfg.run.seed)
         model = self.build_row(kind).to(self.device)
         ddp = wrap_ddp(model, self.device)
-        p = 0.0 if kind == "baseline" else scfg.modality_dropout
+        p_final = 0.0 if kind == "baseline" else scfg.modality_dropout
+        rate = {"p": p_final}
         kd = kind in ("student", "mmt")
         gen = torch.Generator().manual_seed(self.cfg.run.seed + 1)
         drop_gen = torch.Generator().manual_seed(self.cfg.run.seed + 2)
@@ -405,6 +409,8 @@ class KarmmaPipeline:
 
         def batches(epoch: int):
             view = epoch % len(self.train_clips)
+            ramp = scfg.dropout_ramp_epochs
+            rate["p"] = p_final * min(1.0, (epoch + 1) / ramp) if ramp > 0 else p_final
             for b in self.train_clips[view].batches(ocfg.batch_size, True, gen):
                 if kd:
                     tb = self.train_tokens[view].batch(b["index"])
@@ -413,7 +419,7 @@ class KarmmaPipeline:
 
         def step(b: dict[str, Any]) -> dict[str, torch.Tensor]:
             present = b["present"]
-            mask = modality_dropout(present, p, drop_gen) if p > 0 else present
+            mask = modality_dropout(present, rate["p"], drop_gen) if rate["p"] > 0 else present
             inputs = {m: x.to(self.device) for m, x in b["inputs"].items()}
             labels = {t: y.to(self.device) for t, y in b["labels"].items()}
             out = ddp(inputs, mask.to(self.device))
