@@ -121,3 +121,14 @@ def test_dropout_ramp_rises_linearly_to_the_rate(tiny_root: Path, tmp_path: Path
         pipe.load_data()
         pipe.train_row("baseline_delta", None)
         assert sorted(set(seen)) == want and seen[-1] == 0.5
+
+
+def test_an_unlabelled_test_split_is_a_clear_error(tiny_root: Path, tmp_path: Path) -> None:
+    """EPIC's test split has no verb/noun: evaluating on it must say so, not report NaN accuracy."""
+    from actdistill.engine.karmma import KarmmaPipeline
+
+    cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY,
+                             "data.test_split=test"])
+    pipe = KarmmaPipeline(cfg, tmp_path)
+    with pytest.raises(ValueError, match=r"test_split='test'.*no verb/noun labels"):
+        pipe.load_data()

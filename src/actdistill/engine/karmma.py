@@ -229,6 +229,13 @@ class KarmmaPipeline:
                                           self.train_index, self.progress)
             self.test_clips = load_clips(data, data.test_split, False, data.sampling.test_views, root,
                                          self.test_index, self.progress)
+        labels = self.test_clips[0].labels
+        unlabelled = [t for t in self.heads if t not in labels or not bool((labels[t] >= 0).any())]
+        if unlabelled:
+            raise ValueError(
+                f"data.test_split={data.test_split!r} of {data.dataset!r} has no {'/'.join(unlabelled)} labels "
+                "(EPIC-KITCHENS-100's test split is unlabelled: its results go to the challenge server); "
+                "evaluate on a labelled split, e.g. data.test_split=validation")
         self.timings["data"] = time.perf_counter() - t0
         if is_main():
             write_model_info(self.run_dir, self.modalities, self.heads, self.classes, self.cfg.action_head,
