@@ -167,3 +167,13 @@ def test_drop_and_subset_protocols() -> None:
     assert res["subsets"] == {"a": 100.0, "b": 0.0, "a+b": 100.0}
     assert res["worst_subset"] == {"subset": "b", "accuracy": 0.0}
     assert res["drop_curve"][0] == 100.0 and 0 <= res["auc"] <= 100
+
+
+def test_wilson_interval_known_values_and_edges() -> None:
+    from actdistill.evaluation.protocols import wilson_interval
+
+    assert wilson_interval(50.0, 100) == [40.38, 59.62]  # textbook value for 50/100
+    lo, hi = wilson_interval(26.25, 80)  # 21 of 80 clips: the demo student's scale
+    assert 17.0 < lo < 19.0 and 36.0 < hi < 38.0
+    assert wilson_interval(0.0, 10)[0] == 0.0 and wilson_interval(100.0, 10)[1] == 100.0
+    assert all(x != x for x in wilson_interval(50.0, 0))  # no samples: NaN, not a fake interval

@@ -63,6 +63,8 @@ def test_pipeline_end_to_end_and_resume(tiny_root: Path, tmp_path: Path) -> None
     # fewer parameters/FLOPs when a modality is absent (its encoder is skipped)
     st = on_disk["student"]["efficiency"]
     assert st["rgb"]["gflops"] < st["rgb+flow+audio+depth"]["gflops"]
+    assert len(on_disk["student"]["metrics"]["subsets"]["rgb"]["ci95"]) == 2
+    assert "95% Wilson intervals" in (run_dir / "report.md").read_text()
     for name in ("report.md", "drop_curve.png", "subset_accuracy.png", "accuracy_vs_gflops.png",
                  "predictions_student.csv", "teacher.safetensors", "student.safetensors", "run_info.json"):
         assert (run_dir / name).exists(), name

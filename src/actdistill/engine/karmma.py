@@ -639,6 +639,12 @@ def render_report(summary: dict[str, Any], modalities: tuple[str, ...], rates: l
               "at least one kept):", ""]
     lines.append(markdown_table(["p", *rows], [[p, *[summary[r]["drop_curve"][i] for r in rows]]
                                               for i, p in enumerate(rates)]))
+    ci = [[r, summary[r]["metrics"]["subsets"][subset_name(modalities)].get("ci95"),
+           summary[r]["metrics"]["drop"][-1].get("ci95")] for r in rows if "metrics" in summary[r]]
+    if ci and all(c[1] and c[2] for c in ci):
+        lines += ["", "95% Wilson intervals of action top-1 (how far apart two rows must be to differ):", "",
+                  markdown_table(["row", "all modalities", f"p = {rates[-1]}"],
+                                 [[r, f"[{a[0]:.1f}, {a[1]:.1f}]", f"[{b[0]:.1f}, {b[1]:.1f}]"] for r, a, b in ci])]
     lines += ["", markdown_table(["row", "AUC (drop curve)", "worst subset", "worst acc"],
                                  [[r, summary[r]["auc"], summary[r]["worst_subset"]["subset"],
                                    summary[r]["worst_subset"]["accuracy"]] for r in rows])]
