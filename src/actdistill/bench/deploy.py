@@ -63,8 +63,9 @@ def matmul_peak(device: torch.device, warmup: int = 3, repeats: int = 10) -> dic
 
 
 def _inputs(shapes: dict[str, list[int]], mods: tuple[str, ...], batch: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    return {m: torch.rand(batch, *shapes[m], generator=gen) for m in mods}
+    from actdistill.deploy.export import random_inputs
+
+    return random_inputs(shapes, mods, batch, torch.Generator().manual_seed(0))
 
 
 Maker = Callable[[dict[str, torch.Tensor], torch.Tensor], Callable[[], object]]

@@ -47,8 +47,9 @@ class PresenceMaskGraph(nn.Module):
         return tuple(out["logits"][t] for t in self.tasks)
 
 
-def _inputs(shapes: dict[str, list[int]], modalities: tuple[str, ...], batch: int,
-            gen: torch.Generator) -> dict[str, Tensor]:
+def random_inputs(shapes: dict[str, list[int]], modalities: tuple[str, ...], batch: int,
+                  gen: torch.Generator) -> dict[str, Tensor]:
+    """Seeded uniform [0, 1] inputs of the run's per-sample shapes (validation and benchmarks)."""
     return {m: torch.rand(batch, *shapes[m], generator=gen) for m in modalities}
 
 
@@ -99,7 +100,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, row: str = "
     shapes = {m: list(v) for m, v in rec.info["input_shapes"].items()}
     graph = PresenceMaskGraph(model, tasks).eval()
     gen = torch.Generator().manual_seed(seed)
-    example = _inputs(shapes, mods, batch, gen)
+    example = random_inputs(shapes, mods, batch, gen)
     present = torch.ones(batch, len(mods), dtype=torch.bool)
     names = [*mods, "present"]
     t0 = time.perf_counter()
@@ -123,7 +124,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, row: str = "
     checks: dict[str, dict[str, float]] = {}
     subsets = [*modality_subsets(mods), None]  # None: a batch mixing subsets row by row
     for subset in subsets:
-        x = _inputs(shapes, mods, batch, gen)
+        x = random_inputs(shapes, mods, batch, gen)
         if subset is None:
             pres = torch.zeros(batch, len(mods), dtype=torch.bool)
             for i in range(batch):

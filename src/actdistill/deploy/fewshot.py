@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from actdistill.data.records import DataError, DatasetIndex
-from actdistill.deploy.recognizer import Prediction, top_k
+from actdistill.deploy.recognizer import Prediction, top_k, video_segment
 
 
 def _class_name(folder: str) -> str:
@@ -89,18 +89,13 @@ class FewShotRecognizer:
     @torch.no_grad()
     def predict(self, video: str | Path, support: str | Path, top: int = 5) -> Prediction:
         """Rank the support classes for ``video`` (scores: softmax of the method's episode logits)."""
-        from actdistill.data.datasets.video_folder import describe_one, with_fps
-        from actdistill.data.records import Segment
         from actdistill.engine.fewshot import _one, seed_episode, stack_stages
 
         t0 = time.perf_counter()
         index = self.support_index(support)
         folders = index.classes["class"]
         names = [_class_name(c) for c in folders]
-        media = describe_one(video)
-        query = Segment(uid=f"query:{Path(video).name}", video_id=Path(video).stem, start_frame=1,
-                        stop_frame=media.num_frames, fps=float(media.fps or 30.0),
-                        sources={"rgb": with_fps(media.source, float(media.fps or 30.0))})
+        query, _ = video_segment(video, uid=f"query:{Path(video).name}")
         both = DatasetIndex("predict", "support", [*index.segments, query], index.classes)
         ds = self._dataset(both)
         net = self._net(names)

@@ -17,6 +17,7 @@ student is trained to cope with any subset.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,19 @@ class Prediction:
         return "\n".join(lines)
 
 
+def video_segment(video: str | Path, uid: str | None = None, fps: float = 30.0) -> tuple[Segment, Any]:
+    """A whole video file or frame folder as one unlabelled segment with its ``rgb`` source, and
+    its :class:`~actdistill.data.datasets.video_folder.Media` (frame count, audio presence).
+    ``fps`` numbers frame folders only (a container states its own rate)."""
+    from actdistill.data.datasets.video_folder import describe_one, with_fps
+
+    media = describe_one(video)
+    rate = float(media.fps or fps)
+    seg = Segment(uid=uid or Path(video).name, video_id=Path(video).stem, start_frame=1,
+                  stop_frame=media.num_frames, fps=rate, sources={"rgb": with_fps(media.source, rate)})
+    return seg, media
+
+
 def top_k(probs: torch.Tensor, labels: Sequence[str], k: int) -> list[dict[str, Any]]:
     p, idx = probs.topk(min(k, probs.numel()))
     return [{"label": labels[i] if i < len(labels) else str(i), "index": int(i), "prob": float(v)}
@@ -109,7 +123,6 @@ class Recognizer:
         self.modalities: tuple[str, ...] = tuple(info["modalities"])
         self.heads: dict[str, int] = dict(info["heads"])
         self.classes: dict[str, list[str]] = {t: list(v) for t, v in info["classes"].items()}
-        self._dataset_parts: tuple[Any, Any, Any] | None = None
 
     @classmethod
     def from_run(cls, run_dir: str | Path, row: str = "student", device: str = "cpu") -> Recognizer:
@@ -140,33 +153,19 @@ class Recognizer:
         return cls(model, cfg, info, row, run_dir, device)
 
     # ------------------------------------------------------------------ input
-    def _parts(self) -> tuple[Any, Any, Any]:
-        if self._dataset_parts is None:
-            from actdistill.data.builder import build_readers
-            from actdistill.data.sampling import TemporalSampler
-            from actdistill.data.transforms import SpatialTransform
-
-            d = self.cfg.data
-            s, sp = d.sampling, d.spatial
-            sampler = TemporalSampler(s.mode, s.num_frames, s.stride, s.test_views, s.max_pad)
-            transform = SpatialTransform(sp.short_side, sp.crop_size, False, sp.flip, sp.scale_range, sp.normalize)
-            self._dataset_parts = (build_readers(d), sampler, transform)
-        return self._dataset_parts
-
     def segment(self, video: str | Path, modalities: Sequence[str] | None = None,
                 depth: str | Path | None = None, fps: float = 30.0) -> tuple[Segment, dict[str, str]]:
         """The one-segment record of ``video`` and the asked-for modalities it cannot provide.
 
         ``fps`` is used for frame folders only (a container states its own rate)."""
-        from actdistill.data.datasets.video_folder import describe_one, inspect_frame_folder, with_fps
+        from actdistill.data.datasets.video_folder import inspect_frame_folder
 
         want = list(self.modalities if modalities is None else modalities)
         unknown = [m for m in want if m not in self.modalities]
         if unknown:
             raise ValueError(f"this model takes {self.modalities}; cannot use {unknown}")
-        media = describe_one(video)
-        rate = float(media.fps or fps)
-        rgb = with_fps(media.source, rate)
+        seg, media = video_segment(video, fps=fps)
+        rate, rgb = seg.fps, seg.sources["rgb"]
         sources: dict[str, Source] = {}
         missing: dict[str, str] = {}
         for m in want:
@@ -187,27 +186,22 @@ class Recognizer:
                 if depth is None:
                     missing[m] = "no depth folder given (--depth DIR of 16-bit PNGs)"
                 else:
-                    ff = inspect_frame_folder(depth)
-                    sources[m] = Source("png16", ff.path, template=ff.template, num_frames=ff.num_frames, fps=rate,
-                                        options={"files": list(ff.files)} if ff.files else {})
+                    sources[m] = inspect_frame_folder(depth).to_source("png16", fps=rate)
             else:
                 missing[m] = f"cannot derive {m} from a video"
         if not sources:
             raise DataError(video, f"none of the modalities {want} is available ({missing})")
-        seg = Segment(uid=Path(video).name, video_id=Path(video).stem, start_frame=1,
-                      stop_frame=media.num_frames, fps=rate, sources=sources)
-        return seg, missing
+        return dataclasses.replace(seg, sources=sources), missing
 
     def preprocess(self, video: str | Path, modalities: Sequence[str] | None = None,
                    depth: str | Path | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, str]]:
         """Model inputs ``{m: [1, V, T, ...]}``, presence ``[1, M]`` and the missing modalities."""
-        from actdistill.data.dataset import MultimodalDataset
+        from actdistill.data.builder import build_dataset
 
         seg, missing = self.segment(video, modalities, depth)
-        readers, sampler, transform = self._parts()
         index = DatasetIndex("video", "predict", [seg])
-        ds = MultimodalDataset(index, self.modalities, readers, sampler, transform, train=False,
-                               seed=self.cfg.data.seed, on_error="skip")
+        # the run's own readers, test-time sampling and crop; an unreadable modality becomes missing
+        ds = build_dataset(dataclasses.replace(self.cfg.data, on_error="skip"), "predict", False, index=index)
         sample = ds[0]
         for p in sample["problems"]:
             m = next((k for k, s in seg.sources.items() if s.path == p.path), None)
