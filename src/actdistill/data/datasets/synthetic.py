@@ -850,11 +850,12 @@ class _VideoRenderer:
         d = _shape_sdf(shape, lx, ly) * s
         return (sy, sx), _unit(0.5 - d), d, lx, ly
 
+    @staticmethod
     def _object(
-        self, noun: NounSpec, cx: float, cy: float, th: float, s: float
+        noun: NounSpec, sil: tuple[tuple[slice, slice], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
     ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
-        """Colour and alpha of one object on its window: shape, colour, material finish."""
-        sil = self._silhouette(noun.shape, cx, cy, th, s)
+        """Colour and alpha of one object on the window of its silhouette (:meth:`_silhouette`,
+        computed once per frame and shared with depth and flow): colour and material finish."""
         if sil is None:
             return None
         (sy, sx), alpha, d, lx, ly = sil
@@ -945,17 +946,18 @@ class _VideoRenderer:
             img[wy, wx] *= (1.0 - 0.35 * math.exp(-oh / 200.0) * shadow)[..., None]
         if sp.second_noun is not None:  # the surface something is put on: static, drawn below
             tx, ty = p["x0"] - cx, p["y0"] - cy + 1.0
-            lay = self._object(NOUNS[sp.second_noun], tx, ty, 0.0, 1.35)
+            surface = NOUNS[sp.second_noun]
+            sil = self._silhouette(surface.shape, tx, ty, 0.0, 1.35)
+            lay = self._object(surface, sil)
             if lay is not None:
                 (wy, wx), col, a = lay
                 img[wy, wx] += a[..., None] * (col - img[wy, wx])
-            sil = self._silhouette(NOUNS[sp.second_noun].shape, tx, ty, 0.0, 1.35)
             if sil is not None:
                 (wy, wx), a = sil[:2]
                 d[wy, wx][a > 0.5] = self._plane(p["y0"]) - 18.0
         noun = NOUNS[sp.noun]
         sil = self._silhouette(noun.shape, ox, oy, st["oth"][i], s)
-        lay = self._object(noun, ox, oy, st["oth"][i], s)
+        lay = self._object(noun, sil)
         if lay is not None:
             (wy, wx), col, a = lay
             img[wy, wx] += a[..., None] * (col - img[wy, wx])
