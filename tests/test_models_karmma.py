@@ -71,6 +71,8 @@ def tiny_model(missing: str = "tokens", modalities: tuple[str, ...] = ALL, **kw:
     [
         ("frames", "rgb", {}),
         ("frames", "rgb", {"grid": 2}),
+        ("frames", "rgb", {"pool": "max"}),
+        ("frames", "depth", {"pool": "avgmax", "grid": 2}),
         ("frames", "depth", {}),
         ("flow", "flow", {}),
         ("spectrogram", "audio", {}),
@@ -89,6 +91,20 @@ def test_builtin_encoder_shapes(name: str, modality: str, opts: dict) -> None:
     assert enc.modality == modality
     assert out.shape == (B, enc.num_tokens(T), enc.out_dim)
     assert torch.isfinite(out).all()
+
+
+def test_max_pooling_keeps_a_small_object_that_averaging_dilutes() -> None:
+    """Why ``pool: max`` exists: one hot cell in a big map is averaged away, not maxed away."""
+    from actdistill.models.encoders.base import grid_tokens
+
+    feat = torch.zeros(2, 3, 8, 8)
+    feat[1, 0, 5, 2] = 1.0  # frame 1 holds a small "object" in channel 0
+    assert grid_tokens(feat, 1, "avg")[1, 0, 0].item() == pytest.approx(1 / 64)
+    assert grid_tokens(feat, 1, "max")[1, 0, 0].item() == 1.0
+    assert grid_tokens(feat, 1, "avgmax")[1, 0, 0].item() == pytest.approx(1 + 1 / 64)
+    assert grid_tokens(feat, 2, "max")[1, 2].tolist() == [1.0, 0.0, 0.0]  # bottom-left cell of 2x2
+    with pytest.raises(ValueError, match="unknown pool"):
+        build_encoder("frames", modality="rgb", size="tiny", pool="median")
 
 
 def test_flow_stack_channels_and_registry_names() -> None:

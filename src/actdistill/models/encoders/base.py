@@ -215,9 +215,25 @@ class TemporalMixer(nn.Module):
         return x
 
 
-def grid_tokens(feat: Tensor, grid: int) -> Tensor:
-    """``[N, C, h, w]`` feature maps -> ``[N, grid*grid, C]`` tokens by adaptive average pooling."""
-    pooled = nn.functional.adaptive_avg_pool2d(feat, grid)
+POOLS = ("avg", "max", "avgmax")
+
+
+def grid_tokens(feat: Tensor, grid: int, pool: str = "avg") -> Tensor:
+    """``[N, C, h, w]`` feature maps -> ``[N, grid*grid, C]`` tokens by adaptive pooling.
+
+    ``avg`` (the usual global average), ``max``, or ``avgmax`` (their sum). Why max: a small
+    object in a cluttered frame covers a few cells of the last feature map, and averaging dilutes
+    its response by the whole frame's area; a small from-scratch CNN learns such a scene far faster
+    when the strongest response survives pooling.
+    """
+    if pool == "avg":
+        pooled = nn.functional.adaptive_avg_pool2d(feat, grid)
+    elif pool == "max":
+        pooled = nn.functional.adaptive_max_pool2d(feat, grid)
+    elif pool == "avgmax":
+        pooled = nn.functional.adaptive_avg_pool2d(feat, grid) + nn.functional.adaptive_max_pool2d(feat, grid)
+    else:
+        raise ValueError(f"unknown pool {pool!r} (known: {', '.join(POOLS)})")
     return pooled.flatten(2).transpose(1, 2)
 
 

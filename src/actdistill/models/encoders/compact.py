@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from actdistill.models.encoders.base import (
     DEFAULT_CHANNELS,
     ENCODERS,
+    POOLS,
     Encoder,
     fold_frames,
     grid_tokens,
@@ -106,6 +107,7 @@ class FrameCNN(Encoder):
         norm: str = "batch",
         out_dim: int | None = None,
         presets: dict[str, tuple[tuple[int, ...], int]] = FRAME_PRESETS,
+        pool: str = "avg",
         freeze: bool = False,
     ) -> None:
         super().__init__()
@@ -120,7 +122,10 @@ class FrameCNN(Encoder):
             raise ValueError("widths must be non-empty, blocks and grid at least 1")
         self.modality = modality
         self.in_channels = in_channels
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r} (known: {', '.join(POOLS)})")
         self.grid = grid
+        self.pool = pool
         self.backbone = conv_stack(in_channels, widths, blocks, norm)
         self._output(widths[-1], out_dim, temporal_layers, temporal_kernel)
         self._finish(freeze)
@@ -132,7 +137,7 @@ class FrameCNN(Encoder):
         frames, b, t = fold_frames(x, 3)
         if frames.shape[1] != self.in_channels:
             raise ValueError(f"{self.modality} encoder expects {self.in_channels} channels, got {frames.shape[1]}")
-        tok = self.proj(grid_tokens(self.backbone(frames), self.grid))  # [B*T, S, d]
+        tok = self.proj(grid_tokens(self.backbone(frames), self.grid, self.pool))  # [B*T, S, d]
         tok = tok.reshape(b, t * self.grid**2, self.out_dim)
         return self.temporal(tok, t)
 
