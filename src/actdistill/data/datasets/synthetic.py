@@ -7,22 +7,26 @@ layout: the 15-column annotation CSVs, ``rgb_frames``/``flow_frames`` JPEG folde
 ``videos/*.MP4`` with an AAC audio track, and (the project's addition) 16-bit depth PNGs.
 
 Why the content looks the way it does: KARMMA is about fusing modalities and surviving missing ones,
-which can only be studied when each modality is informative but insufficient on its own:
+which can only be studied when each modality is informative on its own but unreliable, so that fusion
+beats any single modality and a model that loses some modalities can still answer:
 
-* **RGB** shows the noun (shape + colour; several nouns share a shape or a colour) and, through the
-  object's positions over time, part of the verb.
+* **RGB** shows the noun (shape, colour, size and material finish) and, through the object's
+  positions over time, the verb.
 * **Flow** is computed analytically from the known motion of the object's outline, so it carries the
-  verb's motion and the object's shape, but not its colour or material.
-* **Audio** carries the material (timbre of impacts and scrapes) and the verb's rhythm (one impact,
-  repeated hits, a scrape), but push and pull sound the same.
+  verb's motion and the object's shape and size, but not its colour or material.
+* **Audio** carries the material (timbre of impacts and scrapes), the size (large objects ring low in
+  their material's pitch range, small ones high) and the verb's rhythm (one impact, repeated hits, a
+  scrape), but push and pull sound the same.
 * **Depth** carries height above the counter, distance to the camera (lift, push/pull) and the
-  object's outline, but no colour and no material.
+  object's outline, size and height (a plate is flat, a jar tall), but no colour and no material.
 
 Every noun shares its shape with one other noun, its colour with another and its material with a
-third, so no single modality resolves every noun, while any two of them mostly do. (Generator
-version 2 drew the object as a fixed disc in flow and depth; on real data a depth sensor and a flow
-field do show the object's outline, and hiding it made single-modality accuracy far lower, relative to
-all modalities, than the paper's real-data ratios.)
+third, so no single *attribute* names a noun; sizes are assigned so that, among the first eight nouns
+(the ``tiny`` and ``small`` sizes), each modality's own cues do. History: version 2 drew the object as
+a fixed disc in flow and depth; version 3 drew its outline but every noun had one size, so flow, depth
+and audio named a noun only up to a pair and no model could keep 70% of its accuracy on one modality
+(the KARMMA demo's robustness target); version 4 adds the size, which real objects show to every
+sensor.
 
 Per-segment nuisances (blur, occlusion, low light, flow noise, loud or muted audio, depth holes and
 noise) hit each modality on 15-20% of segments independently, so fusion beats any single modality.
@@ -56,7 +60,7 @@ from tqdm.auto import tqdm
 from actdistill.data.datasets._generated import prepare_output
 
 GENERATOR = "actdistill.synthetic_epic"
-GENERATOR_VERSION = 3  # bump whenever the bytes written for a (seed, size) change
+GENERATOR_VERSION = 4  # bump whenever the bytes written for a (seed, size) change
 META_FILE = "synth_meta.json"
 # Written first and removed after META_FILE: proves a half-written folder is ours to clear.
 MARKER_FILE = ".synth_incomplete.json"
@@ -112,7 +116,13 @@ class VerbSpec:
 
 @dataclass(frozen=True)
 class NounSpec:
-    """A noun class: what it looks like (shape, colour) and sounds like (material)."""
+    """A noun class: what it looks like (shape, colour, size) and sounds like (material, size).
+
+    ``scale`` multiplies the outline (every modality that draws it sees it) and sets the pitch
+    band of its impacts: large objects ring in the low part of their material's range, small
+    ones in the high part, as real objects of one material do. ``height`` (mm) is how far its top
+    stands above the counter: a depth sensor sees a flat plate and a tall jar differently.
+    """
 
     key: str
     instances: tuple[str, ...]
@@ -121,6 +131,8 @@ class NounSpec:
     colour: str
     material: str
     weight: float
+    scale: float
+    height: float
 
 
 COLOURS: dict[str, tuple[int, int, int]] = {  # RGB
@@ -142,20 +154,22 @@ VERBS: tuple[VerbSpec, ...] = (
     VerbSpec("tap", ("tap", "knock"), "sound", 0.05),
 )
 
-# Each shape, colour and material is shared by at least two nouns: no single cue names the noun.
+# Each shape, colour and material is shared by at least two nouns, so no single attribute names the
+# noun; the sizes are chosen so that, among the first eight nouns (sizes tiny/small), two nouns of one
+# shape differ in size, and so do two of one material: each modality's own cues name the noun.
 NOUNS: tuple[NounSpec, ...] = (
-    NounSpec("plate", ("plate", "dish"), "crockery", "circle", "white", "glass", 0.20),
-    NounSpec("pan", ("pan", "pan:frying", "saucepan"), "cookware", "circle", "grey", "metal", 0.16),
-    NounSpec("board:chopping", ("board:chopping", "board"), "utensils", "square", "brown", "wood", 0.14),
-    NounSpec("box", ("box", "container"), "containers", "square", "white", "plastic", 0.12),
-    NounSpec("knife", ("knife",), "cutlery", "bar", "grey", "metal", 0.12),
-    NounSpec("spoon", ("spoon", "spoon:wooden"), "cutlery", "bar", "brown", "wood", 0.10),
-    NounSpec("cup", ("cup", "mug"), "crockery", "triangle", "red", "plastic", 0.09),
-    NounSpec("jar", ("jar",), "containers", "triangle", "red", "glass", 0.07),
-    NounSpec("bowl", ("bowl",), "crockery", "ring", "green", "plastic", 0.06),
-    NounSpec("lid", ("lid", "cover"), "cookware", "ring", "grey", "metal", 0.05),
-    NounSpec("bottle", ("bottle",), "containers", "bar", "green", "glass", 0.04),
-    NounSpec("tray", ("tray",), "utensils", "square", "green", "wood", 0.03),
+    NounSpec("plate", ("plate", "dish"), "crockery", "circle", "white", "glass", 0.20, 1.2, 15),
+    NounSpec("pan", ("pan", "pan:frying", "saucepan"), "cookware", "circle", "grey", "metal", 0.16, 0.8, 50),
+    NounSpec("board:chopping", ("board:chopping", "board"), "utensils", "square", "brown", "wood", 0.14, 1.2, 25),
+    NounSpec("box", ("box", "container"), "containers", "square", "white", "plastic", 0.12, 0.8, 70),
+    NounSpec("knife", ("knife",), "cutlery", "bar", "grey", "metal", 0.12, 1.2, 12),
+    NounSpec("spoon", ("spoon", "spoon:wooden"), "cutlery", "bar", "brown", "wood", 0.10, 0.8, 20),
+    NounSpec("cup", ("cup", "mug"), "crockery", "triangle", "red", "plastic", 0.09, 1.2, 90),
+    NounSpec("jar", ("jar",), "containers", "triangle", "red", "glass", 0.07, 0.8, 120),
+    NounSpec("bowl", ("bowl",), "crockery", "ring", "green", "plastic", 0.06, 1.2, 55),
+    NounSpec("lid", ("lid", "cover"), "cookware", "ring", "grey", "metal", 0.05, 0.8, 20),
+    NounSpec("bottle", ("bottle",), "containers", "bar", "green", "glass", 0.04, 1.0, 150),
+    NounSpec("tray", ("tray",), "utensils", "square", "green", "wood", 0.03, 1.0, 22),
 )
 
 # Sizes. Videos are split per participant (as in EPIC): ``train_videos`` per training participant,
@@ -209,7 +223,7 @@ _SURFACES = ("plate", "board:chopping", "tray")
 # Timing of one video: background gaps between sequential actions.
 SEGMENT_SECONDS = (0.8, 1.6)
 GAP_SECONDS = (0.2, 0.5)
-OBJECT_RADIUS = 9.0  # px at height 0: every noun has the same footprint
+OBJECT_RADIUS = 9.0  # px at height 0 for a noun of scale 1 (NounSpec.scale multiplies it)
 PERSPECTIVE = 0.08  # px the object moves up in the image per mm of height
 HAND_ANCHOR_DY = 14.0
 
@@ -640,6 +654,16 @@ def material_sound(material: str, amp: float, pitch: float, rng: np.random.Gener
     return (amp * out).astype(np.float32)
 
 
+def pitch_position(f0: float, scale: float) -> float:
+    """Where in its material's pitch range an object of ``scale`` rings, from a draw ``f0`` in [0, 1].
+
+    Large objects (scale > 1) use the lowest 40% of the range, small ones (< 1) the highest 40%,
+    scale 1 the middle 40%: two nouns of one material and different sizes never share a pitch.
+    """
+    base = 0.0 if scale > 1.0 else 0.6 if scale < 1.0 else 0.3
+    return base + 0.4 * f0
+
+
 def hand_thud(amp: float, rng: np.random.Generator) -> np.ndarray:
     """The hand touching something: low and short, the same for every material."""
     length = int(AUDIO_RATE * 0.08)
@@ -677,12 +701,12 @@ def synthesize_audio(plan: VideoPlan, seed: int) -> np.ndarray:
     for seg in plan.segments:
         p = seg.params
         verb = VERBS[seg.verb].key
-        material = nouns[seg.noun].material
+        material, scale = nouns[seg.noun].material, nouns[seg.noun].scale
         t0 = (seg.start_frame - 1) / fps
         dur = (seg.stop_frame - seg.start_frame + 1) / fps
         gain = 0.03 if "audio_mute" in seg.nuisances else 1.0
         for when, kind, amp in audio_events(verb, p, t0, dur):
-            pitch = float(np.clip(p["f0"] + rng.normal(0, 0.05), 0, 1))
+            pitch = pitch_position(float(np.clip(p["f0"] + rng.normal(0, 0.05), 0, 1)), scale)
             clip = material_sound(material, amp, pitch, rng) if kind == "impact" else hand_thud(amp, rng)
             _add(track, round(when * AUDIO_RATE), gain * clip)
         # Scrape: object sliding or turning on the counter, loud as it is fast.
@@ -690,7 +714,7 @@ def synthesize_audio(plan: VideoPlan, seed: int) -> np.ndarray:
         ctrl_t = np.arange(t0, t0 + dur, 1e-3)
         k = kinematics(verb, p, ctrl_t, t0, dur)
         speed = np.hypot(np.gradient(k["ox"], ctrl_t), np.gradient(k["oy"], ctrl_t))
-        speed += np.abs(np.gradient(k["oth"], ctrl_t)) * OBJECT_RADIUS
+        speed += np.abs(np.gradient(k["oth"], ctrl_t)) * OBJECT_RADIUS * scale
         contact = (k["oh"] < 1.0).astype(np.float64)
         env_ctrl = contact * np.clip(speed / 60.0, 0.0, 1.5) * 0.12
         if env_ctrl.max() > 1e-4 and b > a:
@@ -947,16 +971,16 @@ class _VideoRenderer:
         if sp.second_noun is not None:  # the surface something is put on: static, drawn below
             tx, ty = p["x0"] - cx, p["y0"] - cy + 1.0
             surface = NOUNS[sp.second_noun]
-            sil = self._silhouette(surface.shape, tx, ty, 0.0, 1.35)
+            sil = self._silhouette(surface.shape, tx, ty, 0.0, 1.35 * surface.scale)
             lay = self._object(surface, sil)
             if lay is not None:
                 (wy, wx), col, a = lay
                 img[wy, wx] += a[..., None] * (col - img[wy, wx])
             if sil is not None:
                 (wy, wx), a = sil[:2]
-                d[wy, wx][a > 0.5] = self._plane(p["y0"]) - 18.0
+                d[wy, wx][a > 0.5] = self._plane(p["y0"]) - surface.height
         noun = NOUNS[sp.noun]
-        sil = self._silhouette(noun.shape, ox, oy, st["oth"][i], s)
+        sil = self._silhouette(noun.shape, ox, oy, st["oth"][i], s * noun.scale)
         lay = self._object(noun, sil)
         if lay is not None:
             (wy, wx), col, a = lay
@@ -964,7 +988,7 @@ class _VideoRenderer:
         # depth: the object's outline at its distance from the camera (no colour, no material)
         if sil is not None:
             (wy, wx), a = sil[:2]
-            d[wy, wx][a > 0.5] = self._plane(st["oy"][i] + PERSPECTIVE * oh) - 30.0 - oh
+            d[wy, wx][a > 0.5] = self._plane(st["oy"][i] + PERSPECTIVE * oh) - noun.height - oh
         hand = self._hand(st["hx"][i] - cx, st["hy"][i] - cy, st["hs"][i])
         hand_d = self._plane(min(st["hy"][i], FRAME_H)) - 25.0 - st["hh"][i]
         if hand["arm"] is not None:
@@ -1360,7 +1384,9 @@ def _metadata(
         "verbs": [v.key for v in verbs],
         "nouns": [n.key for n in nouns],
         "noun_attributes": {
-            n.key: {"shape": n.shape, "colour": n.colour, "material": n.material} for n in nouns
+            n.key: {"shape": n.shape, "colour": n.colour, "material": n.material, "scale": n.scale,
+                    "height_mm": n.height}
+            for n in nouns
         },
         "frame_rates": {
             "rgb": {"2018": RGB_FPS[2018], "2020": RGB_FPS[2020]},
