@@ -169,6 +169,29 @@ def test_drop_and_subset_protocols() -> None:
     assert res["drop_curve"][0] == 100.0 and 0 <= res["auc"] <= 100
 
 
+def test_drop_repeats_average_seeded_draws() -> None:
+    """A model right only when modality ``a`` is present: at p = 0.5 ``a`` is kept with probability
+    0.5, plus 0.25 x 0.5 when both were dropped and it is the one restored: the mean over draws
+    approaches 62.5%."""
+    labels = torch.arange(40) % 2
+
+    def predict(batch, present):
+        good = torch.nn.functional.one_hot(batch["labels"]["class"], 2).float()
+        return {"class": torch.where(present[:, :1], good, 1 - good)}
+
+    batches = [{"present": torch.ones(40, 2, dtype=torch.bool), "labels": {"class": labels}}]
+    one = evaluate_missing_modalities(predict, batches, ["a", "b"], drop_rates=(0.5,))
+    again = evaluate_missing_modalities(predict, batches, ["a", "b"], drop_rates=(0.5,), drop_repeats=1)
+    many = evaluate_missing_modalities(predict, batches, ["a", "b"], drop_rates=(0.5,), drop_repeats=50)
+    assert one["drop_curve"] == again["drop_curve"]  # draw 0 is the single-draw protocol's draw
+    assert many["drop_metrics"][0]["draws"] == 50
+    assert abs(many["drop_curve"][0] - 62.5) < 3.0  # 50 draws x 40 clips: sd of the mean ~1.1
+    assert many["drop_curve"] == evaluate_missing_modalities(
+        predict, batches, ["a", "b"], drop_rates=(0.5,), drop_repeats=50)["drop_curve"]  # seeded
+    with pytest.raises(ValueError, match="drop_repeats"):
+        evaluate_missing_modalities(predict, batches, ["a", "b"], drop_rates=(0.5,), drop_repeats=0)
+
+
 def test_wilson_interval_known_values_and_edges() -> None:
     from actdistill.evaluation.protocols import wilson_interval
 

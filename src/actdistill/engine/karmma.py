@@ -96,6 +96,7 @@ class CacheConfig:
 class KarmmaEvalConfig:
     drop_rates: list[float] = field(default_factory=lambda: list(DROP_RATES))
     seed: int = 0
+    drop_repeats: int = 5  # seeded drop draws per rate, averaged (1 = a single draw per rate)
     batch_size: int = 64
     efficiency: bool = True
     latency_batch: int = 1
@@ -465,7 +466,8 @@ class KarmmaPipeline:
 
         t0 = time.perf_counter()
         res = evaluate_missing_modalities(predict, self._eval_batches(views), self.modalities,
-                                          self.cfg.eval.drop_rates, self.cfg.eval.seed)
+                                          self.cfg.eval.drop_rates, self.cfg.eval.seed,
+                                          drop_repeats=self.cfg.eval.drop_repeats)
         self.timings[f"eval_{name}"] = time.perf_counter() - t0
         return res
 
