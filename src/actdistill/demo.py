@@ -32,9 +32,9 @@ teacher:
     size: teacher
     encoders:
       rgb: {name: mobilenet_v2, pretrained: imagenet-offline, input_size: 112}
-      flow: {name: compact, widths: [16, 32, 64], blocks: 1}
-      audio: {name: compact, widths: [16, 32, 64], blocks: 1}
-      depth: {name: compact, widths: [16, 32, 64], blocks: 1}
+      flow: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max}
+      audio: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max}
+      depth: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max}
     fusion: {dim: 256, depth: 2, num_heads: 4, dropout: 0.1}
   fit_unimodal: [flow, audio, depth]
   modality_dropout: 0.5
@@ -44,10 +44,10 @@ student:
   model:
     size: student
     encoders:
-      rgb: {name: compact, widths: [8, 16, 32], blocks: 1}
-      flow: {name: compact, widths: [8, 16, 32], blocks: 1}
-      audio: {name: compact, widths: [4, 8, 16], blocks: 1}
-      depth: {name: compact, widths: [8, 16, 32], blocks: 1}
+      rgb: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max}
+      flow: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max}
+      audio: {name: compact, widths: [4, 8, 16], blocks: 1, pool: max}
+      depth: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max}
     fusion: {dim: 96, depth: 1, num_heads: 4, missing: tokens}
   modality_dropout: 0.5
   alpha: 0.8
