@@ -215,7 +215,19 @@ class TemporalMixer(nn.Module):
         return x
 
 
-POOLS = ("avg", "max", "avgmax")
+_POOL_FNS = {
+    "avg": nn.functional.adaptive_avg_pool2d,
+    "max": nn.functional.adaptive_max_pool2d,
+    "avgmax": lambda x, g: nn.functional.adaptive_avg_pool2d(x, g) + nn.functional.adaptive_max_pool2d(x, g),
+}
+POOLS = tuple(_POOL_FNS)
+
+
+def check_pool(pool: str) -> str:
+    """``pool`` if it is a known pooling name, else a ValueError listing the known ones."""
+    if pool not in _POOL_FNS:
+        raise ValueError(f"unknown pool {pool!r} (known: {', '.join(POOLS)})")
+    return pool
 
 
 def grid_tokens(feat: Tensor, grid: int, pool: str = "avg") -> Tensor:
@@ -226,14 +238,7 @@ def grid_tokens(feat: Tensor, grid: int, pool: str = "avg") -> Tensor:
     its response by the whole frame's area; a small from-scratch CNN learns such a scene far faster
     when the strongest response survives pooling.
     """
-    if pool == "avg":
-        pooled = nn.functional.adaptive_avg_pool2d(feat, grid)
-    elif pool == "max":
-        pooled = nn.functional.adaptive_max_pool2d(feat, grid)
-    elif pool == "avgmax":
-        pooled = nn.functional.adaptive_avg_pool2d(feat, grid) + nn.functional.adaptive_max_pool2d(feat, grid)
-    else:
-        raise ValueError(f"unknown pool {pool!r} (known: {', '.join(POOLS)})")
+    pooled = _POOL_FNS[check_pool(pool)](feat, grid)
     return pooled.flatten(2).transpose(1, 2)
 
 

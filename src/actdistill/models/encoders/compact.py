@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from actdistill.models.encoders.base import (
     DEFAULT_CHANNELS,
     ENCODERS,
-    POOLS,
     Encoder,
+    check_pool,
     fold_frames,
     grid_tokens,
 )
@@ -122,10 +122,8 @@ class FrameCNN(Encoder):
             raise ValueError("widths must be non-empty, blocks and grid at least 1")
         self.modality = modality
         self.in_channels = in_channels
-        if pool not in POOLS:
-            raise ValueError(f"unknown pool {pool!r} (known: {', '.join(POOLS)})")
         self.grid = grid
-        self.pool = pool
+        self.pool = check_pool(pool)
         self.backbone = conv_stack(in_channels, widths, blocks, norm)
         self._output(widths[-1], out_dim, temporal_layers, temporal_kernel)
         self._finish(freeze)
