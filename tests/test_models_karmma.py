@@ -107,6 +107,64 @@ def test_max_pooling_keeps_a_small_object_that_averaging_dilutes() -> None:
         build_encoder("frames", modality="rgb", size="tiny", pool="median")
 
 
+def test_spatial_softmax_keypoints_say_where_the_object_is() -> None:
+    """Global pooling forgets position; the keypoints appended by ``keypoints: K`` keep it."""
+    import math
+
+    from actdistill.models.encoders.base import SpatialSoftmax, grid_tokens
+
+    kp = SpatialSoftmax(1, 1)
+    with torch.no_grad():
+        kp.maps.weight.fill_(1.0)
+        kp.maps.bias.zero_()
+        kp.log_temperature.fill_(math.log(0.01))  # sharp: the expectation lands on the hot cell
+    feat = torch.zeros(2, 1, 8, 8)
+    feat[0, 0, 1, 6] = 1.0  # top right
+    feat[1, 0, 6, 1] = 1.0  # bottom left: same max-pooled value, other place
+    assert torch.equal(grid_tokens(feat, 1, "max")[0], grid_tokens(feat, 1, "max")[1])
+    g = torch.linspace(-1, 1, 8)
+    torch.testing.assert_close(kp(feat), torch.tensor([[g[6], g[1]], [g[1], g[6]]]), atol=1e-4, rtol=0)
+    enc = build_encoder("frames", modality="rgb", size="tiny", pool="max", keypoints=4)
+    assert enc.out_dim == 16 + 2 * 4
+    assert enc(torch.rand(2, 3, 3, 32, 32)).shape == (2, 3, enc.out_dim)
+    with pytest.raises(ValueError, match="grid=1"):
+        build_encoder("frames", modality="rgb", size="tiny", keypoints=4, grid=2)
+
+
+def test_frame_standardize_makes_a_small_depth_step_the_signal() -> None:
+    """A 15 mm object on a 0.7 m counter is 0.2% of the raw value; standardised, it is order 1."""
+    from actdistill.models.encoders.compact import frame_standardize
+
+    x = torch.full((2, 1, 8, 8), 0.07)
+    x[0, 0, 2:4, 2:4] -= 0.0015  # the object's top, closer to the camera
+    x[1] = 0.0  # a frame with no measurement at all
+    y = frame_standardize(x)
+    assert torch.isfinite(y).all() and torch.equal(y[1], torch.zeros_like(y[1]))
+    assert y[0].mean().abs() < 1e-4 and (y[0].std() - 1).abs() < 1e-2
+    assert y[0, 0, 2, 2] < -1.5 < 0 < y[0, 0, 6, 6]
+    enc = build_encoder("frames", modality="depth", size="tiny", input_norm="frame")
+    assert torch.isfinite(enc(torch.zeros(2, 3, 1, 32, 32))).all()
+    with pytest.raises(ValueError, match="input_norm"):
+        build_encoder("frames", modality="depth", size="tiny", input_norm="batch")
+
+
+def test_temporal_shift_moves_channels_one_frame_each_way() -> None:
+    from actdistill.models.encoders.compact import temporal_shift
+
+    b, t, c = 2, 4, 8
+    x = torch.arange(b * t * c, dtype=torch.float32).view(b * t, c, 1, 1)
+    y = temporal_shift(x, t, 0.125).view(b, t, c)
+    v = x.view(b, t, c)
+    assert torch.equal(y[:, :-1, 0], v[:, 1:, 0]) and (y[:, -1, 0] == 0).all()  # sees the next frame
+    assert torch.equal(y[:, 1:, 1], v[:, :-1, 1]) and (y[:, 0, 1] == 0).all()  # sees the previous frame
+    assert torch.equal(y[:, :, 2:], v[:, :, 2:])
+    assert torch.equal(temporal_shift(x, t, 0.0), x) and torch.equal(temporal_shift(x, 1, 0.25), x)
+    enc = build_encoder("frames", modality="rgb", size="tiny", shift=0.125)
+    assert enc(torch.rand(2, 4, 3, 32, 32)).shape == (2, 4, enc.out_dim)
+    with pytest.raises(ValueError, match="shift"):
+        build_encoder("frames", modality="rgb", size="tiny", shift=0.75)
+
+
 def test_flow_stack_channels_and_registry_names() -> None:
     enc = build_encoder("flow", modality="flow", size="tiny", stack=3)
     assert enc.in_channels == 6

@@ -242,6 +242,38 @@ def grid_tokens(feat: Tensor, grid: int, pool: str = "avg") -> Tensor:
     return pooled.flatten(2).transpose(1, 2)
 
 
+class SpatialSoftmax(nn.Module):
+    """Where things are: ``K`` learned keypoints per feature map, as softmax-expected ``(x, y)``.
+
+    A 1x1 conv turns ``[N, C, h, w]`` features into ``K`` maps; a softmax over each map's cells
+    (with a learned temperature) gives a distribution whose expected coordinates in ``[-1, 1]``
+    are the keypoint (the "spatial softmax" of Levine et al., 2016, JMLR 17(39)). Returns
+    ``[N, 2K]`` as ``x_1..x_K, y_1..y_K``.
+
+    Why: global pooling is translation-invariant, so a per-frame CNN pooled to one token per frame
+    cannot tell *where* the object is, and a verb that is a path (push away, pull closer, lift up)
+    is invisible to it. Appending keypoints to the pooled token gives the temporal layers the path
+    at the cost of one 1x1 conv.
+    """
+
+    def __init__(self, channels: int, keypoints: int) -> None:
+        super().__init__()
+        if keypoints < 1:
+            raise ValueError(f"keypoints must be at least 1, got {keypoints}")
+        self.keypoints = keypoints
+        self.maps = nn.Conv2d(channels, keypoints, 1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+
+    def forward(self, feat: Tensor) -> Tensor:
+        n, _, h, w = feat.shape
+        att = (self.maps(feat).flatten(2) / self.log_temperature.exp()).softmax(-1).view(n, self.keypoints, h, w)
+        xs = torch.linspace(-1.0, 1.0, w, device=feat.device, dtype=att.dtype)
+        ys = torch.linspace(-1.0, 1.0, h, device=feat.device, dtype=att.dtype)
+        ex = (att.sum(2) * xs).sum(-1)
+        ey = (att.sum(3) * ys).sum(-1)
+        return torch.cat([ex, ey], dim=1)
+
+
 def fold_frames(x: Tensor, trailing: int) -> tuple[Tensor, int, int]:
     """``[B, T, *trailing dims]`` -> ``[B*T, *trailing]``; returns it with B and T."""
     if x.dim() != trailing + 2:

@@ -20,6 +20,7 @@ from actdistill.models.encoders.base import (
     DEFAULT_CHANNELS,
     ENCODERS,
     Encoder,
+    SpatialSoftmax,
     check_pool,
     fold_frames,
     grid_tokens,
@@ -86,12 +87,46 @@ def conv_stack(in_channels: int, widths: Sequence[int], blocks: int, norm: str) 
     return nn.Sequential(*layers)
 
 
+def frame_standardize(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """Each frame and channel to zero mean and unit standard deviation over its pixels.
+
+    Why: a depth frame is a large smooth offset (the scene's distance) plus small steps (an object
+    15 mm above the counter is 0.15% of a 10 m range). Unnormalised, the offset dominates every
+    first-layer response and BatchNorm scales the steps away; standardised per frame, the steps are
+    what varies. ``eps`` keeps a flat frame (e.g. an all-zero "no measurement" frame) finite.
+    """
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    std = x.std(dim=(-2, -1), keepdim=True)
+    return (x - mean) / (std + eps)
+
+
+def temporal_shift(x: Tensor, num_frames: int, fraction: float) -> Tensor:
+    """Temporal Shift Module (Lin et al., ICCV 2019): on ``[B*T, C, h, w]`` per-frame features,
+    move ``fraction`` of the channels one frame back in time and as many one frame forward
+    (zeros at the clip's ends); the rest stay. Zero FLOPs and zero parameters, and the next conv
+    then mixes neighbouring frames, so a 2D CNN sees motion, not only appearance.
+    """
+    if num_frames < 2 or fraction <= 0:
+        return x
+    n, c, h, w = x.shape
+    k = max(1, int(c * fraction))
+    v = x.view(n // num_frames, num_frames, c, h, w)
+    zeros = v.new_zeros(v.shape[0], 1, k, h, w)
+    back = torch.cat([v[:, 1:, :k], zeros], dim=1)  # frame t sees frame t+1
+    fwd = torch.cat([zeros, v[:, :-1, k : 2 * k]], dim=1)  # frame t sees frame t-1
+    return torch.cat([back, fwd, v[:, :, 2 * k :]], dim=2).view(n, c, h, w)
+
+
 class FrameCNN(Encoder):
     """A small 2D CNN applied to every sampled frame, pooled to ``grid x grid`` tokens per frame,
     then mixed over time. Used for RGB, depth, flow stacks and log-mel spectrogram windows.
 
-    Tokens are time-major: ``num_tokens(T) = T * grid**2``. ``out_dim`` is the last stage width,
-    or ``out_dim`` when given (a linear projection).
+    Tokens are time-major: ``num_tokens(T) = T * grid**2``. ``out_dim`` is the last stage width
+    (plus ``2 * keypoints``), or ``out_dim`` when given (a linear projection). ``keypoints > 0``
+    appends that many spatial-softmax keypoints (see ``SpatialSoftmax``) to every token, so the
+    tokens say where the strongest responses are, not only what they are; needs ``grid=1``.
+    ``shift > 0`` applies a temporal shift of that channel fraction (each way) before every
+    conv block after the first (see ``temporal_shift``): motion for a per-frame CNN at no cost.
     """
 
     def __init__(
@@ -108,6 +143,9 @@ class FrameCNN(Encoder):
         out_dim: int | None = None,
         presets: dict[str, tuple[tuple[int, ...], int]] = FRAME_PRESETS,
         pool: str = "avg",
+        keypoints: int = 0,
+        shift: float = 0.0,
+        input_norm: str = "none",
         freeze: bool = False,
     ) -> None:
         super().__init__()
@@ -120,12 +158,21 @@ class FrameCNN(Encoder):
         blocks = blocks if blocks is not None else pb
         if not widths or blocks < 1 or grid < 1:
             raise ValueError("widths must be non-empty, blocks and grid at least 1")
+        if not 0.0 <= shift <= 0.5:
+            raise ValueError(f"shift is a channel fraction per direction in [0, 0.5], got {shift}")
+        if input_norm not in ("none", "frame"):
+            raise ValueError(f"unknown input_norm {input_norm!r} (known: none, frame)")
+        if keypoints and grid != 1:
+            raise ValueError(f"keypoints need grid=1 (one token per frame), got grid={grid}")
         self.modality = modality
         self.in_channels = in_channels
         self.grid = grid
         self.pool = check_pool(pool)
+        self.shift = shift
+        self.input_norm = input_norm
         self.backbone = conv_stack(in_channels, widths, blocks, norm)
-        self._output(widths[-1], out_dim, temporal_layers, temporal_kernel)
+        self.keypoints = SpatialSoftmax(widths[-1], keypoints) if keypoints else None
+        self._output(widths[-1] + 2 * keypoints, out_dim, temporal_layers, temporal_kernel)
         self._finish(freeze)
 
     def num_tokens(self, num_frames: int) -> int:
@@ -135,7 +182,18 @@ class FrameCNN(Encoder):
         frames, b, t = fold_frames(x, 3)
         if frames.shape[1] != self.in_channels:
             raise ValueError(f"{self.modality} encoder expects {self.in_channels} channels, got {frames.shape[1]}")
-        tok = self.proj(grid_tokens(self.backbone(frames), self.grid, self.pool))  # [B*T, S, d]
+        if self.input_norm == "frame":
+            frames = frame_standardize(frames)
+        if self.shift > 0:
+            feat = frames
+            for i, block in enumerate(self.backbone):
+                feat = block(temporal_shift(feat, t, self.shift) if i > 0 else feat)
+        else:
+            feat = self.backbone(frames)
+        tok = grid_tokens(feat, self.grid, self.pool)  # [B*T, S, C]
+        if self.keypoints is not None:
+            tok = torch.cat([tok, self.keypoints(feat).unsqueeze(1)], dim=-1)
+        tok = self.proj(tok)
         tok = tok.reshape(b, t * self.grid**2, self.out_dim)
         return self.temporal(tok, t)
 
