@@ -49,7 +49,10 @@ class MobileNetV2Encoder(Encoder):
     input normalisation is then left to the data. ``temporal_layers`` adds light temporal mixing.
     ``input_size`` resizes frames (bilinear) before the network: ImageNet features are far better
     at the scale they were trained on than at the low resolution a fast student uses, so a
-    teacher may read the same clips at a larger size.
+    teacher may read the same clips at a larger size. ``channels_last`` (default) runs the network
+    in NHWC memory layout, where oneDNN's depthwise convolutions are much faster on CPU (measured
+    1.8x for a batch of 64 frames at 112 px, 2 threads); the outputs are the same up to float
+    rounding.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class MobileNetV2Encoder(Encoder):
         temporal_kernel: int = 3,
         out_dim: int | None = None,
         input_size: int | None = None,
+        channels_last: bool = True,
         freeze: bool = False,
     ) -> None:
         super().__init__()
@@ -89,6 +93,9 @@ class MobileNetV2Encoder(Encoder):
             with torch.no_grad():
                 new.weight.copy_(conv.weight.mean(1, keepdim=True).expand(-1, in_channels, -1, -1))
             self.features[0][0] = new
+        self.channels_last = channels_last
+        if channels_last:
+            self.features.to(memory_format=torch.channels_last)
         self.normalize: nn.Module = (
             Normalize(IMAGENET_MEAN, IMAGENET_STD) if normalize_input and in_channels == 3 else nn.Identity()
         )
@@ -107,5 +114,8 @@ class MobileNetV2Encoder(Encoder):
         if self.input_size is not None and frames.shape[-2:] != (self.input_size, self.input_size):
             frames = F.interpolate(frames, size=(self.input_size, self.input_size), mode="bilinear",
                                    align_corners=False)
-        tok = self.proj(grid_tokens(self.features(self.normalize(frames)), self.grid))
+        frames = self.normalize(frames)
+        if self.channels_last:
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        tok = self.proj(grid_tokens(self.features(frames), self.grid))
         return self.temporal(tok.reshape(b, t * self.grid**2, self.out_dim), t)
