@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 from actdistill.data.datasets._generated import prepare_output
 
 GENERATOR = "actdistill.synthetic_epic"
-GENERATOR_VERSION = 4  # bump whenever the bytes written for a (seed, size) change
+GENERATOR_VERSION = 5  # bump whenever the bytes written for a (seed, size) change
 META_FILE = "synth_meta.json"
 # Written first and removed after META_FILE: proves a half-written folder is ours to clear.
 MARKER_FILE = ".synth_incomplete.json"
@@ -189,19 +189,19 @@ SIZES: dict[str, dict[str, Any]] = {
         "segments_per_video": 3,
     },
     "small": {
-        "description": "embedded default: 300 train / 80 validation / 40 test segments, 21 videos",
+        "description": "embedded default: 300 train / 200 validation / 40 test segments, 27 videos",
         "verbs": 6,
         "nouns": 8,
         "train_participants": 3,
         "train_videos": 5,
-        "val_seen": 2,
-        "val_unseen": 2,
+        "val_seen": 5,
+        "val_unseen": 5,
         "test_seen": 1,
         "test_unseen": 1,
         "segments_per_video": 20,
     },
     "medium": {
-        "description": "about 6x small: 1800 train / 300 validation / 210 test segments, 8 verbs, 12 nouns",
+        "description": "about 4x small: 1800 train / 300 validation / 210 test segments, 8 verbs, 12 nouns",
         "verbs": 8,
         "nouns": 12,
         "train_participants": 6,
