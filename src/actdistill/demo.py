@@ -32,9 +32,9 @@ teacher:
     size: teacher
     encoders:
       rgb: {name: mobilenet_v2, pretrained: imagenet-offline, input_size: 112}
-      flow: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max}
+      flow: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max, input_norm: frame}
       audio: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max}
-      depth: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max}
+      depth: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max, input_norm: frame}
     fusion: {dim: 256, depth: 2, num_heads: 4, dropout: 0.1}
   fit_unimodal: [flow, audio, depth]
   modality_dropout: 0.5
@@ -45,15 +45,15 @@ student:
     size: student
     encoders:
       rgb: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max}
-      flow: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max}
+      flow: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max, input_norm: frame}
       audio: {name: compact, widths: [4, 8, 16], blocks: 1, pool: max}
-      depth: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max}
+      depth: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max, input_norm: frame}
     fusion: {dim: 96, depth: 1, num_heads: 4, missing: tokens}
   modality_dropout: 0.5
   alpha: 0.8
   temperature: 2.0
   teacher_input: dropped
-  optim: {epochs: 30, lr: 0.003, batch_size: 16}
+  optim: {epochs: 45, lr: 0.003, batch_size: 16}
 rows: [baseline, baseline_delta, student]
 eval:
   efficiency: true
