@@ -184,12 +184,9 @@ class FrameCNN(Encoder):
             raise ValueError(f"{self.modality} encoder expects {self.in_channels} channels, got {frames.shape[1]}")
         if self.input_norm == "frame":
             frames = frame_standardize(frames)
-        if self.shift > 0:
-            feat = frames
-            for i, block in enumerate(self.backbone):
-                feat = block(temporal_shift(feat, t, self.shift) if i > 0 else feat)
-        else:
-            feat = self.backbone(frames)
+        feat = frames
+        for i, block in enumerate(self.backbone):  # temporal_shift is the identity when shift == 0
+            feat = block(temporal_shift(feat, t, self.shift) if i > 0 else feat)
         tok = grid_tokens(feat, self.grid, self.pool)  # [B*T, S, C]
         if self.keypoints is not None:
             tok = torch.cat([tok, self.keypoints(feat).unsqueeze(1)], dim=-1)
