@@ -28,7 +28,8 @@ TINY = [
     "student.model.encoders.depth={name: compact, size: tiny}",
     "student.model.fusion={dim: 16, depth: 1, num_heads: 2, missing: tokens}",
     "student.optim.epochs=1", "rows=[baseline,baseline_delta,student,mmt,late_fusion]",
-    "eval.repeats=1", "eval.warmup=0", "eval.throughput_batch=2", "eval.drop_rates=[0.0,0.5,0.9]",
+    "eval.repeats=1", "eval.latency_repeats=2", "eval.warmup=0", "eval.throughput_batch=2",
+    "eval.drop_rates=[0.0,0.5,0.9]",
     "run.progress=false",
 ]
 
@@ -134,3 +135,21 @@ def test_an_unlabelled_test_split_is_a_clear_error(tiny_root: Path, tmp_path: Pa
     pipe = KarmmaPipeline(cfg, tmp_path)
     with pytest.raises(ValueError, match=r"test_split='test'.*no verb/noun labels"):
         pipe.load_data()
+
+
+def test_evaluate_row_encodes_once_with_the_same_results(tiny_root: Path, tmp_path: Path) -> None:
+    """``evaluate_row`` encodes each view once and reruns only the fusion per mask; every subset,
+    drop-curve point and logit must equal the whole model run for every mask."""
+    import torch
+
+    from actdistill.engine.karmma import KarmmaPipeline
+
+    cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY])
+    pipe = KarmmaPipeline(cfg, tmp_path)
+    pipe.load_data()
+    model = pipe.train_row("baseline_delta", None)
+    whole = pipe.evaluate("whole", lambda inp, pr: model(inp, pr)["logits"], pipe.test_clips)
+    once = pipe.evaluate_row("once", model)
+    assert once["subsets"] == whole["subsets"] and once["drop_curve"] == whole["drop_curve"]
+    for task, logits in whole["full"]["logits"].items():
+        torch.testing.assert_close(once["full"]["logits"][task], logits, rtol=0, atol=1e-5)

@@ -153,8 +153,12 @@ def stack_entries(modalities: tuple[str, ...], entries: Sequence[Mapping[str, to
 
 
 def map_clips(clips: ClipTensors, fn: Callable[[dict[str, torch.Tensor], torch.Tensor], dict[str, torch.Tensor]],
-              batch_size: int, desc: str, progress: bool) -> ClipTensors:
-    """Apply ``fn(inputs, present) -> tokens`` over all rows (e.g. frozen extractors), keeping row order."""
+              batch_size: int, desc: str, progress: bool, dtype: torch.dtype = torch.float16) -> ClipTensors:
+    """Apply ``fn(inputs, present) -> tokens`` over all rows (e.g. frozen extractors), keeping row order.
+
+    Outputs are stored as ``dtype``: half precision for the on-disk feature caches, ``float32``
+    where the tokens are consumed at once and must match the unmapped model exactly.
+    """
     parts: dict[str, list[torch.Tensor]] = {}
     order = torch.arange(len(clips))
     steps = range(0, len(clips), batch_size)
@@ -163,6 +167,6 @@ def map_clips(clips: ClipTensors, fn: Callable[[dict[str, torch.Tensor], torch.T
         with torch.no_grad():
             out = fn(b["inputs"], b["present"])
         for m, t in out.items():
-            parts.setdefault(m, []).append(t.to(torch.float16))
+            parts.setdefault(m, []).append(t.to(dtype))
     inputs = {m: torch.cat(v) for m, v in parts.items()}
     return ClipTensors(clips.modalities, inputs, clips.present.clone(), clips.labels, clips.uids, dict(clips.extra))

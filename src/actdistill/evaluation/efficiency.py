@@ -11,6 +11,7 @@ during the forward (tracked op by op with a dispatch mode); on CUDA it is
 from __future__ import annotations
 
 import contextlib
+import gc
 import statistics
 import time
 import weakref
@@ -110,19 +111,28 @@ def time_fn(
     """Median/min/max wall time of ``fn`` in milliseconds after ``warmup`` untimed calls.
 
     Under ``no_grad`` unless ``grad`` (to time a backward pass too); on CUDA every call is
-    synchronised, so the time is the work's, not the launch's.
+    synchronised, so the time is the work's, not the launch's. Python's garbage collector is
+    paused while timing (as ``timeit`` does): in a process holding many objects a collection
+    landing inside a millisecond-scale forward would otherwise be timed as the model's.
     """
     sync = (lambda: torch.cuda.synchronize(device)) if device is not None and device.type == "cuda" else (lambda: None)
-    with contextlib.nullcontext() if grad else torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        sync()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            for _ in range(warmup):
+                fn()
             sync()
-            times.append((time.perf_counter() - t0) * 1000.0)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times.append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
