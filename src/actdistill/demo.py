@@ -44,7 +44,7 @@ student:
   model:
     size: student
     encoders:
-      rgb: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max}
+      rgb: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max}
       flow: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max, input_norm: frame}
       audio: {name: compact, widths: [4, 8, 16], blocks: 1, pool: max}
       depth: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max, input_norm: frame}
@@ -52,8 +52,8 @@ student:
   modality_dropout: 0.5
   alpha: 0.8
   temperature: 2.0
-  teacher_input: dropped
-  optim: {epochs: 45, lr: 0.003, batch_size: 16}
+  teacher_input: all
+  optim: {epochs: 60, lr: 0.003, batch_size: 16}
 rows: [baseline, baseline_delta, student]
 eval:
   efficiency: true
