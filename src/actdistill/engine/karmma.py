@@ -476,7 +476,7 @@ class KarmmaPipeline:
         """:meth:`evaluate` for a trained row. A :class:`MultimodalRecognizer`'s encoders see one
         modality each and never the mask, so each test view is encoded once and only the fusion
         runs for each of the ~65 masks (subsets and drop draws): the same logits (eval mode), about
-        ten times less work. Other models (late fusion) run whole for every mask."""
+        8x faster in the demo. Other models (late fusion) run whole for every mask."""
         if not isinstance(model, MultimodalRecognizer):
             return self.evaluate(name, lambda inp, pr: model(inp, pr)["logits"], self.test_clips)
         model.eval()
