@@ -117,7 +117,6 @@ def time_fn(
     """
     sync = (lambda: torch.cuda.synchronize(device)) if device is not None and device.type == "cuda" else (lambda: None)
     gc_was_enabled = gc.isenabled()
-    gc.collect()
     gc.disable()
     try:
         with contextlib.nullcontext() if grad else torch.no_grad():
