@@ -21,21 +21,36 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+    return int(sdpa_flop_count(query_shape, key_shape, value_shape))
+
+
+# Attention kernels the counter has no formula for. On CPU, scaled_dot_product_attention runs
+# ``_scaled_dot_product_flash_attention_for_cpu``, which torch's registry (GPU kernels only) misses:
+# every attention score and weighted sum would count as zero FLOPs.
+_EXTRA_FLOP_FORMULAS = {
+    op: _sdpa_flops
+    for name in ("_scaled_dot_product_flash_attention_for_cpu",)
+    if (op := getattr(torch.ops.aten, name, None)) is not None
+}
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call. The fused inference path of ``nn.TransformerEncoderLayer`` is invisible to
     the counter (it would report ~20x too few FLOPs for a fusion block), so it is switched off
-    while counting; the arithmetic is the same either way."""
+    while counting; the arithmetic is the same either way. CPU attention kernels get the same
+    formula as their GPU counterparts (``_EXTRA_FLOP_FORMULAS``)."""
     was = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS) as counter:
             fn()
     finally:
         torch.backends.mha.set_fastpath_enabled(was)
