@@ -505,25 +505,25 @@ class KarmmaPipeline:
             rows = (clips.present & sel).any(1).nonzero().squeeze(1)
             if len(rows) == 0:
                 continue
-            inputs, present = self._subset_batch(clips, rows, sel, ecfg.latency_batch)
+            inputs, present = self._subset_batch(clips, rows, subset, ecfg.latency_batch)
             prof = profile_forward(lambda i=inputs, p=present: model(i, p), ecfg.latency_batch,
                                    self._params(model, subset), ecfg.warmup, ecfg.latency_repeats, self.device)
             res: dict[str, float] = {k: prof[k] for k in ("params", "gflops", "peak_mem_mb", "latency_ms",
                                                          "latency_min_ms", "latency_max_ms")}
             # throughput is only timed: FLOPs and memory per clip were counted above
-            inputs, present = self._subset_batch(clips, rows, sel, ecfg.throughput_batch)
+            inputs, present = self._subset_batch(clips, rows, subset, ecfg.throughput_batch)
             timing = time_fn(lambda i=inputs, p=present: model(i, p), ecfg.warmup, ecfg.repeats, self.device)
             res["throughput"] = ecfg.throughput_batch / (timing["median_ms"] / 1000.0)
             res["throughput_batch"] = ecfg.throughput_batch
             out[subset_name(subset)] = res
         return out
 
-    def _subset_batch(self, clips: ClipTensors, rows: torch.Tensor, sel: torch.Tensor,
+    def _subset_batch(self, clips: ClipTensors, rows: torch.Tensor, subset: tuple[str, ...],
                       bs: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``bs`` clips that have something of the subset ``sel``, with only the subset's inputs."""
+        """``bs`` of the clips ``rows`` (cycled), with only ``subset``'s inputs marked present."""
         b = clips.batch(rows[torch.arange(bs) % len(rows)])
-        keep = {m for m, s in zip(self.modalities, sel.tolist(), strict=True) if s}
-        return ({m: x.to(self.device) for m, x in b["inputs"].items() if m in keep},
+        sel = torch.tensor([m in subset for m in self.modalities])
+        return ({m: x.to(self.device) for m, x in b["inputs"].items() if m in subset},
                 (b["present"] & sel).to(self.device))
 
     @staticmethod
