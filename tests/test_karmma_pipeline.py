@@ -61,6 +61,10 @@ def test_pipeline_end_to_end_and_resume(tiny_root: Path, tmp_path: Path) -> None
         assert len(s["drop_curve"]) == 3 and 0 <= s["auc"] <= 100
         eff = s["efficiency"]["rgb+flow+audio+depth"]
         assert {"params", "gflops", "peak_mem_mb", "latency_ms"} <= set(eff) and eff["gflops"] > 0
+    # rows that run the same network are profiled once; other networks get their own measurement
+    assert [on_disk[r]["efficiency_measured_on"] for r in rows] == [
+        "teacher", "baseline", "baseline", "baseline", "mmt", "late_fusion"]
+    assert on_disk["student"]["efficiency"] == on_disk["baseline"]["efficiency"]
     # fewer parameters/FLOPs when a modality is absent (its encoder is skipped)
     st = on_disk["student"]["efficiency"]
     assert st["rgb"]["gflops"] < st["rgb+flow+audio+depth"]["gflops"]
@@ -153,3 +157,75 @@ def test_evaluate_row_encodes_once_with_the_same_results(tiny_root: Path, tmp_pa
     assert once["subsets"] == whole["subsets"] and once["drop_curve"] == whole["drop_curve"]
     for task, logits in whole["full"]["logits"].items():
         torch.testing.assert_close(once["full"]["logits"][task], logits, rtol=0, atol=1e-5)
+
+
+def test_unimodal_aux_loss_reads_only_present_rows() -> None:
+    """The auxiliary loss is each present modality's own cross-entropy, averaged over modalities;
+    logits of rows where a modality is absent (zero-filled tokens) must not count."""
+    import torch
+    import torch.nn.functional as F
+
+    from actdistill.engine.karmma import unimodal_aux_loss
+
+    torch.manual_seed(0)
+    mods = ("rgb", "audio")
+    labels = {"verb": torch.tensor([0, 1, 2]), "noun": torch.tensor([1, 1, 0])}
+    out = {"unimodal_logits": {m: {"verb": torch.randn(3, 3), "noun": torch.randn(3, 2)} for m in mods}}
+    mask = torch.tensor([[True, False], [True, True], [False, True]])
+    got = unimodal_aux_loss(out, mask, labels, mods)
+    want = []
+    for j, m in enumerate(mods):
+        rows = mask[:, j]
+        want.append(sum(F.cross_entropy(out["unimodal_logits"][m][t][rows], y[rows]) for t, y in labels.items()) / 2)
+    torch.testing.assert_close(got, torch.stack(want).mean())
+    out["unimodal_logits"]["rgb"]["verb"][2] += 100.0  # rgb is absent from row 2
+    torch.testing.assert_close(unimodal_aux_loss(out, mask, labels, mods), got)
+    assert float(unimodal_aux_loss(out, torch.zeros(3, 2, dtype=torch.bool), labels, mods)) == 0.0
+
+
+def test_unimodal_aux_trains_the_encoders_and_saves_only_the_row(tiny_root: Path, tmp_path: Path) -> None:
+    """``student.unimodal_aux``: the auxiliary heads change training (different weights) but are not
+    part of the saved row, which loads into a plain row of the same kind."""
+    import torch
+
+    from actdistill.engine.checkpoint import load_weights
+    from actdistill.engine.karmma import KarmmaPipeline
+    from actdistill.models.fusion import MultimodalRecognizer
+
+    trained = {}
+    for w in (0.0, 1.0):
+        cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY,
+                                 f"student.unimodal_aux={w}"])
+        run = tmp_path / f"aux{w}"
+        run.mkdir()
+        pipe = KarmmaPipeline(cfg, run)
+        pipe.load_data()
+        model = pipe.train_row("baseline_delta", None)
+        assert isinstance(model, MultimodalRecognizer)
+        fresh = pipe.build_row("baseline_delta")
+        load_weights(fresh, run / "baseline_delta.safetensors")  # strict: no aux.* keys, none missing
+        trained[w] = fresh.state_dict()
+    enc = "encoders.rgb.backbone.0.conv.weight"
+    assert not torch.equal(trained[0.0][enc], trained[1.0][enc])
+
+
+def test_teacher_logits_for_all_modalities_are_computed_once(tiny_root: Path, tmp_path: Path) -> None:
+    """``teacher_input: all``: the precomputed logits of every training view equal what the frozen
+    teacher gives a mini-batch of the same samples at a training step."""
+    import torch
+
+    from actdistill.engine.karmma import KarmmaPipeline
+
+    cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY])
+    pipe = KarmmaPipeline(cfg, tmp_path)
+    pipe.load_data()
+    ext = pipe.build_extractors()
+    pipe.teacher_tokens(ext)
+    teacher = pipe.train_teacher(ext)
+    fixed = pipe.teacher_logits_all(teacher)
+    assert len(fixed) == len(pipe.train_clips)
+    idx = torch.tensor([2, 0, 1])
+    step = pipe._teacher_step(teacher, pipe.train_tokens[0].batch(idx)["inputs"], pipe.train_clips[0].present[idx])
+    for t, v in step.items():
+        assert fixed[0][t].shape[0] == len(pipe.train_clips[0])
+        torch.testing.assert_close(fixed[0][t][idx], v, rtol=0, atol=1e-5)

@@ -83,6 +83,9 @@ class StudentConfig:
     alpha: float = 0.5
     temperature: float = 1.0
     teacher_input: str = "dropped"  # dropped (paper v3: the teacher sees the student's input) | all (v1)
+    # Weight of an auxiliary cross-entropy on each present modality's own encoder tokens (0: off,
+    # the paper). Training only: see UnimodalAux for why; applies to every row but late_fusion.
+    unimodal_aux: float = 0.0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=15, lr=1e-3, batch_size=32))
 
 
@@ -139,6 +142,45 @@ class UnimodalClassifier(nn.Module):
         return self.head(self.encoder(x).mean(1))
 
 
+class UnimodalAux(nn.Module):
+    """A row plus one classifier per modality on that modality's own encoder tokens (mean-pooled),
+    for training only: ``train_row`` saves just ``model``.
+
+    Why: trained jointly, the encoders of a fusion model learn only what the easiest modality does
+    not already give the fusion ("modality competition"; Wang et al., CVPR 2020, "What makes training
+    multi-modal classification networks hard?"). A noun that RGB shows plainly is then never learnt
+    from depth's outline or flow's moving silhouette, and accuracy collapses when RGB is missing.
+    A cross-entropy on each encoder alone keeps every modality learning the whole task, at the cost
+    of a linear head per modality (no extra encoder passes).
+    """
+
+    def __init__(self, model: MultimodalRecognizer, heads: dict[str, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.aux = nn.ModuleDict({m: MultiHeadMLP(e.out_dim, heads, hidden=0) for m, e in model.encoders.items()})
+
+    def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, Any]:
+        tokens, counts = self.model.encode(inputs, present)
+        out = self.model.fusion(tokens, present, counts)
+        out["unimodal_logits"] = {m: self.aux[m](t.mean(1)) for m, t in tokens.items()}
+        return out
+
+
+def unimodal_aux_loss(out: dict[str, Any], mask: torch.Tensor, labels: dict[str, torch.Tensor],
+                      modalities: tuple[str, ...]) -> torch.Tensor:
+    """Mean over modalities of the cross-entropy of ``out["unimodal_logits"]`` on the rows where
+    each modality is present (``mask``); zero when no modality is present anywhere."""
+    terms = []
+    for m, logits in out["unimodal_logits"].items():
+        rows = mask[:, modalities.index(m)].to(next(iter(logits.values())).device)
+        if bool(rows.any()):
+            terms.append(ce_loss({t: v[rows] for t, v in logits.items()},
+                                 {t: y[rows] for t, y in labels.items()})["loss"])
+    if not terms:
+        return torch.zeros((), device=mask.device)
+    return torch.stack(terms).mean()
+
+
 def _spec_opts(spec: ModelSpec, m: str) -> tuple[str, dict[str, Any]]:
     opts = dict(spec.encoders.get(m, {}))
     name = str(opts.pop("name", "compact"))
@@ -174,6 +216,13 @@ def write_model_info(run_dir: Path, modalities: tuple[str, ...], heads: dict[str
         "modalities": list(modalities), "heads": heads, "action_head": action_head,
         "classes": {t: list(v) for t, v in classes.items() if t in heads or t in ("verb", "noun")},
         "input_shapes": input_shapes})
+
+
+def row_architecture(kind: str) -> str:
+    """Which network a row (or ``teacher``) runs. ``baseline``, ``baseline_delta`` and ``student``
+    differ only in how they are trained, so their parameters, FLOPs, memory and latency are one
+    network's, and the pipeline profiles that network once (timing it three times only adds noise)."""
+    return "student" if kind in ("baseline", "baseline_delta", "student") else kind
 
 
 def build_row(cfg: KarmmaConfig, modalities: tuple[str, ...], heads: dict[str, int], kind: str) -> nn.Module:
@@ -408,22 +457,28 @@ class KarmmaPipeline:
         scfg = self.cfg.student
         torch.manual_seed(self.cfg.run.seed)
         model = self.build_row(kind).to(self.device)
-        ddp = wrap_ddp(model, self.device)
+        aux_w = scfg.unimodal_aux if isinstance(model, MultimodalRecognizer) else 0.0
+        trained = UnimodalAux(model, self.heads).to(self.device) if aux_w > 0 else model
+        ddp = wrap_ddp(trained, self.device)
         p_final = 0.0 if kind == "baseline" else scfg.modality_dropout
         rate = {"p": p_final}
         kd = kind in ("student", "mmt")
         gen = torch.Generator().manual_seed(self.cfg.run.seed + 1)
         drop_gen = torch.Generator().manual_seed(self.cfg.run.seed + 2)
         ocfg = scfg.optim
+        # Seeing all modalities, the frozen teacher answers each training view the same way in every
+        # epoch, whatever the student's drop: its logits are computed once instead of once per step.
+        fixed = self.teacher_logits_all(teacher) if kd and scfg.teacher_input == "all" else None
 
         def batches(epoch: int):
             view = epoch % len(self.train_clips)
             ramp = scfg.dropout_ramp_epochs
             rate["p"] = p_final * min(1.0, (epoch + 1) / ramp) if ramp > 0 else p_final
             for b in self.train_clips[view].batches(ocfg.batch_size, True, gen):
-                if kd:
-                    tb = self.train_tokens[view].batch(b["index"])
-                    b["teacher_tokens"] = tb["inputs"]
+                if fixed is not None:
+                    b["teacher_logits"] = {t: v.index_select(0, b["index"]) for t, v in fixed[view].items()}
+                elif kd:
+                    b["teacher_tokens"] = self.train_tokens[view].batch(b["index"])["inputs"]
                 yield b
 
         def step(b: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -433,13 +488,17 @@ class KarmmaPipeline:
             labels = {t: y.to(self.device) for t, y in b["labels"].items()}
             out = ddp(inputs, mask.to(self.device))
             if not kd:
-                return ce_loss(out["logits"], labels)
-            assert teacher is not None
-            t_mask = mask if scfg.teacher_input == "dropped" else present
-            with torch.no_grad():
-                tokens = {m: x.to(self.device) for m, x in b["teacher_tokens"].items()}
-                t_out = teacher.fusion(tokens, t_mask.to(self.device), self.token_counts)
-            return kd_loss(out["logits"], t_out["logits"], labels, scfg.alpha, scfg.temperature)
+                losses = ce_loss(out["logits"], labels)
+            else:
+                if "teacher_logits" in b:
+                    t_logits = {t: v.to(self.device) for t, v in b["teacher_logits"].items()}
+                else:
+                    t_logits = self._teacher_step(teacher, b["teacher_tokens"], mask)
+                losses = kd_loss(out["logits"], t_logits, labels, scfg.alpha, scfg.temperature)
+            if aux_w > 0:
+                losses["loss_unimodal"] = unimodal_aux_loss(out, mask, labels, self.modalities)
+                losses["loss"] = losses["loss"] + aux_w * losses["loss_unimodal"]
+            return losses
 
         steps = -(-len(self.train_clips[0]) // ocfg.batch_size)
         fit(ddp, step, batches, steps, ocfg, self.run_dir, kind, self.progress)
@@ -449,6 +508,27 @@ class KarmmaPipeline:
             save_weights(model, self.run_dir / f"{kind}.safetensors")
         _log(f"{kind}: trained in {self.timings[kind]:.1f}s")
         return model
+
+    def _teacher_step(self, teacher: MultimodalRecognizer | None, tokens: dict[str, torch.Tensor],
+                      mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen teacher's logits on cached ``tokens`` with the modalities in ``mask``."""
+        assert teacher is not None
+        with torch.no_grad():
+            return teacher.fusion({m: x.to(self.device) for m, x in tokens.items()}, mask.to(self.device),
+                                  self.token_counts)["logits"]
+
+    def teacher_logits_all(self, teacher: MultimodalRecognizer | None) -> list[dict[str, torch.Tensor]]:
+        """Per training view, the teacher's logits on every sample with all of its modalities
+        (``student.teacher_input: all``), in sample order."""
+        out = []
+        for clips, toks in zip(self.train_clips, self.train_tokens):
+            parts: dict[str, list[torch.Tensor]] = {}
+            for idx in torch.arange(len(clips)).split(self.cfg.eval.batch_size):
+                logits = self._teacher_step(teacher, toks.batch(idx)["inputs"], clips.present.index_select(0, idx))
+                for t, v in logits.items():
+                    parts.setdefault(t, []).append(v.cpu())
+            out.append({t: torch.cat(v) for t, v in parts.items()})
+        return out
 
     # ------------------------------------------------------------------------------ evaluation
     def _eval_batches(self, views: list[ClipTensors]) -> list[dict[str, Any]]:
@@ -602,19 +682,29 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
     if not is_main():
         return {}
     summary: dict[str, Any] = {}
+    profiled: dict[str, tuple[str, dict[str, dict[str, float]]]] = {}  # architecture -> (row, efficiency)
+    t_eff = time.perf_counter()
     for name, res in results.items():
-        eff = pipe.efficiency(models[name], name) if cfg.eval.efficiency else {}
+        eff: dict[str, dict[str, float]] = {}
+        arch = row_architecture(name)
+        if cfg.eval.efficiency and arch not in profiled:
+            profiled[arch] = (name, pipe.efficiency(models[name], name))
+        if cfg.eval.efficiency:
+            eff = profiled[arch][1]
         summary[name] = {
             "subsets": res["subsets"],
             "drop_curve": res["drop_curve"],
             "auc": res["auc"],
             "worst_subset": res["worst_subset"],
             "efficiency": eff,
+            "efficiency_measured_on": profiled[arch][0] if cfg.eval.efficiency else None,
             "metrics": {"subsets": res["subset_metrics"], "drop": res["drop_metrics"]},
         }
         full = res["full"]
         write_predictions_csv(run_dir / f"predictions_{name}.csv", pipe.test_clips[0].uids, full["logits"],
                               full["labels"], pipe.classes)
+    if cfg.eval.efficiency:
+        pipe.timings["efficiency"] = time.perf_counter() - t_eff
     write_json(run_dir / "summary.json", summary)
     rates = cfg.eval.drop_rates
     plot_drop_curves(run_dir / "drop_curve.png", {n: s["drop_curve"] for n, s in summary.items()}, rates)
@@ -680,7 +770,8 @@ def render_report(summary: dict[str, Any], modalities: tuple[str, ...], rates: l
     full = subset_name(modalities)
     if all(summary[r]["efficiency"] for r in rows):
         lines += ["", f"Efficiency on this machine (full input `{full}`; GFLOPs = floating-point operations "
-                  "per clip, not MACs; latency at batch 1, throughput at batch 16):", ""]
+                  "per clip, not MACs; latency at batch 1, throughput at batch 16; rows that run the same "
+                  "network share one measurement):", ""]
         lines.append(markdown_table(
             ["row", "params (M)", "GFLOPs", "peak act. mem (MB)", "latency (ms)", "throughput (clips/s)"],
             [[r, summary[r]["efficiency"][full]["params"] / 1e6, summary[r]["efficiency"][full]["gflops"],
