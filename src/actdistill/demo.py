@@ -31,32 +31,34 @@ teacher:
   model:
     size: teacher
     encoders:
-      rgb: {name: mobilenet_v2, pretrained: imagenet-offline, input_size: 112}
-      flow: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max, input_norm: frame}
+      rgb: {name: mobilenet_v2, pretrained: imagenet-offline, input_size: 112, grid: 2}
+      flow: {name: compact, widths: [16, 32, 64], blocks: 1, pool: avg, input_norm: frame}
       audio: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max}
-      depth: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max, input_norm: frame}
+      depth: {name: compact, widths: [16, 32, 64], blocks: 1, pool: avgmax, input_norm: frame}
     fusion: {dim: 256, depth: 2, num_heads: 4, dropout: 0.1}
   fit_unimodal: [flow, audio, depth]
   modality_dropout: 0.5
-  unimodal_optim: {epochs: 15, lr: 0.003, batch_size: 16}
-  optim: {epochs: 30, lr: 0.0005, batch_size: 16}
+  unimodal_optim: {epochs: 30, lr: 0.003, batch_size: 16}
+  optim: {epochs: 20, lr: 0.0005, batch_size: 16}
 student:
   model:
     size: student
     encoders:
-      rgb: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max}
-      flow: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max, input_norm: frame}
-      audio: {name: compact, widths: [4, 8, 16], blocks: 1, pool: max}
-      depth: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max, input_norm: frame}
+      rgb: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max, shift: 0.125, keypoints: 8}
+      flow: {name: compact, widths: [16, 32, 64], blocks: 1, pool: avg, input_norm: frame}
+      audio: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max}
+      depth: {name: compact, widths: [16, 32, 64], blocks: 1, pool: avgmax, shift: 0.125, input_norm: frame}
     fusion: {dim: 96, depth: 1, num_heads: 4, missing: tokens}
   modality_dropout: 0.5
-  alpha: 0.8
-  temperature: 2.0
+  alpha: 0.5
+  temperature: 1.0
   teacher_input: all
-  optim: {epochs: 60, lr: 0.003, batch_size: 16}
+  unimodal_aux: 3.0
+  optim: {epochs: 40, lr: 0.003, batch_size: 16}
 rows: [baseline, baseline_delta, student]
 eval:
   efficiency: true
+  repeats: 3
 """
 
 
