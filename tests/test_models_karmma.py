@@ -107,6 +107,21 @@ def test_max_pooling_keeps_a_small_object_that_averaging_dilutes() -> None:
         build_encoder("frames", modality="rgb", size="tiny", pool="median")
 
 
+def test_grid_tokens_equal_adaptive_pooling_on_divisible_and_odd_maps() -> None:
+    """A divisible map takes the fixed-kernel path (exportable to ONNX), an odd one the adaptive
+    path; both must give adaptive pooling's cells."""
+    from torch.nn import functional as F
+
+    from actdistill.models.encoders.base import grid_tokens
+
+    for h, w in ((4, 6), (5, 7)):
+        feat = torch.randn(3, 5, h, w)
+        for g in (1, 2):
+            avg, mx = F.adaptive_avg_pool2d(feat, g), F.adaptive_max_pool2d(feat, g)
+            for pool, want in (("avg", avg), ("max", mx), ("avgmax", avg + mx)):
+                torch.testing.assert_close(grid_tokens(feat, g, pool), want.flatten(2).transpose(1, 2))
+
+
 def test_spatial_softmax_keypoints_say_where_the_object_is() -> None:
     """Global pooling forgets position; the keypoints appended by ``keypoints: K`` keep it."""
     import math

@@ -238,7 +238,17 @@ def grid_tokens(feat: Tensor, grid: int, pool: str = "avg") -> Tensor:
     its response by the whole frame's area; a small from-scratch CNN learns such a scene far faster
     when the strongest response survives pooling.
     """
-    pooled = _POOL_FNS[check_pool(pool)](feat, grid)
+    pool = check_pool(pool)
+    h, w = int(feat.shape[-2]), int(feat.shape[-1])
+    if grid > 1 and h % grid == 0 and w % grid == 0:
+        # The same windows as adaptive pooling, as a fixed-kernel pool: ONNX export has no adaptive
+        # pooling to more than one cell when the input size is symbolic.
+        k = (h // grid, w // grid)
+        avg = nn.functional.avg_pool2d(feat, k) if pool != "max" else None
+        mx = nn.functional.max_pool2d(feat, k) if pool != "avg" else None
+        pooled = avg if mx is None else mx if avg is None else avg + mx
+    else:
+        pooled = _POOL_FNS[pool](feat, grid)
     return pooled.flatten(2).transpose(1, 2)
 
 
