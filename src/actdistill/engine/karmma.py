@@ -686,18 +686,19 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
     t_eff = time.perf_counter()
     for name, res in results.items():
         eff: dict[str, dict[str, float]] = {}
-        arch = row_architecture(name)
-        if cfg.eval.efficiency and arch not in profiled:
-            profiled[arch] = (name, pipe.efficiency(models[name], name))
+        measured_on = None
         if cfg.eval.efficiency:
-            eff = profiled[arch][1]
+            arch = row_architecture(name)
+            if arch not in profiled:
+                profiled[arch] = (name, pipe.efficiency(models[name], name))
+            measured_on, eff = profiled[arch]
         summary[name] = {
             "subsets": res["subsets"],
             "drop_curve": res["drop_curve"],
             "auc": res["auc"],
             "worst_subset": res["worst_subset"],
             "efficiency": eff,
-            "efficiency_measured_on": profiled[arch][0] if cfg.eval.efficiency else None,
+            "efficiency_measured_on": measured_on,
             "metrics": {"subsets": res["subset_metrics"], "drop": res["drop_metrics"]},
         }
         full = res["full"]

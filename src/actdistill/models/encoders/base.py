@@ -220,6 +220,12 @@ _POOL_FNS = {
     "max": nn.functional.adaptive_max_pool2d,
     "avgmax": lambda x, g: nn.functional.adaptive_avg_pool2d(x, g) + nn.functional.adaptive_max_pool2d(x, g),
 }
+# The same pools over fixed ``kernel`` windows (what adaptive pooling to a divisible grid uses).
+_KERNEL_POOL_FNS = {
+    "avg": nn.functional.avg_pool2d,
+    "max": nn.functional.max_pool2d,
+    "avgmax": lambda x, k: nn.functional.avg_pool2d(x, k) + nn.functional.max_pool2d(x, k),
+}
 POOLS = tuple(_POOL_FNS)
 
 
@@ -243,10 +249,7 @@ def grid_tokens(feat: Tensor, grid: int, pool: str = "avg") -> Tensor:
     if grid > 1 and h % grid == 0 and w % grid == 0:
         # The same windows as adaptive pooling, as a fixed-kernel pool: ONNX export has no adaptive
         # pooling to more than one cell when the input size is symbolic.
-        k = (h // grid, w // grid)
-        avg = nn.functional.avg_pool2d(feat, k) if pool != "max" else None
-        mx = nn.functional.max_pool2d(feat, k) if pool != "avg" else None
-        pooled = avg if mx is None else mx if avg is None else avg + mx
+        pooled = _KERNEL_POOL_FNS[pool](feat, (h // grid, w // grid))
     else:
         pooled = _POOL_FNS[pool](feat, grid)
     return pooled.flatten(2).transpose(1, 2)
