@@ -209,6 +209,68 @@ def test_unimodal_aux_trains_the_encoders_and_saves_only_the_row(tiny_root: Path
     assert not torch.equal(trained[0.0][enc], trained[1.0][enc])
 
 
+@pytest.mark.parametrize("missing", ["tokens", "mask"])
+def test_single_passes_equal_the_model_given_one_modality(missing: str) -> None:
+    """``student.single_passes``: the one batched fusion call gives, for every row where a
+    modality is present, exactly the logits the row's model gives that modality alone."""
+    import torch
+
+    from actdistill.engine.karmma import TrainingExtras
+    from actdistill.models.fusion import build_karmma
+
+    torch.manual_seed(0)
+    mods = ("rgb", "audio", "depth")
+    model = build_karmma(mods, {"verb": 3, "noun": 4}, size="tiny", missing=missing, dropout=0.0).eval()
+    g = torch.Generator().manual_seed(0)
+    inputs = {"rgb": torch.rand(4, 2, 3, 32, 32, generator=g), "audio": torch.randn(4, 2, 1, 32, 24, generator=g),
+              "depth": torch.rand(4, 2, 1, 32, 32, generator=g)}
+    present = torch.tensor([[1, 1, 0], [0, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)  # depth only in row 3
+    extras = TrainingExtras(model, {"verb": 3, "noun": 4}, aux=False, singles=True).eval()
+    with torch.no_grad():
+        out = extras(inputs, present)
+        assert "unimodal_logits" not in out and set(out["single_logits"]) == set(mods)
+        for j, m in enumerate(mods):
+            rows, logits = out["single_logits"][m]
+            assert rows.tolist() == present[:, j].nonzero().squeeze(1).tolist()
+            only = torch.zeros_like(present)
+            only[:, j] = True
+            alone = model({m: inputs[m][rows]}, only[rows])["logits"]
+            for t, v in logits.items():
+                torch.testing.assert_close(v, alone[t], rtol=1e-5, atol=1e-5)
+
+
+def test_single_passes_train_every_kind_and_save_only_the_row(tiny_root: Path, tmp_path: Path) -> None:
+    """The single-pass loss changes training of the rows with dropout (CE rows and KD rows, KD
+    with the teacher on the dropped input or on all modalities), and the saved row is the plain
+    architecture."""
+    import torch
+
+    from actdistill.engine.checkpoint import load_weights
+    from actdistill.engine.karmma import KarmmaPipeline
+
+    fusion = "fusion.blocks.layers.0.linear1.weight"
+    for kind, extra in (("baseline_delta", []), ("student", ["student.teacher_input=dropped"]),
+                        ("student", ["student.teacher_input=all"])):
+        trained = {}
+        for w in (0.0, 1.0):
+            cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY,
+                                     "student.unimodal_aux=0", f"student.single_passes={w}", *extra])
+            run = tmp_path / f"{kind}{len(extra) and extra[0][-3:]}{w}"
+            run.mkdir()
+            pipe = KarmmaPipeline(cfg, run)
+            pipe.load_data()
+            teacher = None
+            if kind == "student":
+                ext = pipe.build_extractors()
+                pipe.teacher_tokens(ext)
+                teacher = pipe.train_teacher(ext)
+            pipe.train_row(kind, teacher)
+            fresh = pipe.build_row(kind)
+            load_weights(fresh, run / f"{kind}.safetensors")
+            trained[w] = fresh.state_dict()
+        assert not torch.equal(trained[0.0][fusion], trained[1.0][fusion]), (kind, extra)
+
+
 def test_teacher_logits_for_all_modalities_are_computed_once(tiny_root: Path, tmp_path: Path) -> None:
     """``teacher_input: all``: the precomputed logits of every training view equal what the frozen
     teacher gives a mini-batch of the same samples at a training step."""
