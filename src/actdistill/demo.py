@@ -21,12 +21,12 @@ data:
   modalities: [rgb, flow, audio, depth]
   options: {seed: 0, size: small}
   sampling: {mode: tsn, num_frames: 8}
-  spatial: {short_side: 64, crop_size: 56, flip: true}
+  spatial: {short_side: 64, crop_size: 56, flip: true, scale_range: [1.0, 1.0]}
   readers:
     audio: {n_mels: 64, hop_length: 320, win_length: 640, n_fft: 1024}
 cache:
   root: .cache/actdistill
-  train_views: 2
+  train_views: 4
 teacher:
   model:
     size: teacher
@@ -54,6 +54,7 @@ student:
   temperature: 1.0
   teacher_input: all
   unimodal_aux: 3.0
+  single_passes: 1.0
   optim: {epochs: 40, lr: 0.003, batch_size: 16}
 rows: [baseline, baseline_delta, student]
 eval:
