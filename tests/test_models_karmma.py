@@ -157,6 +157,9 @@ def test_frame_standardize_makes_a_small_depth_step_the_signal() -> None:
     assert torch.isfinite(y).all() and torch.equal(y[1], torch.zeros_like(y[1]))
     assert y[0].mean().abs() < 1e-4 and (y[0].std() - 1).abs() < 1e-2
     assert y[0, 0, 2, 2] < -1.5 < 0 < y[0, 0, 6, 6]
+    z = torch.rand(3, 2, 7, 9, dtype=torch.float64)  # the hand-written std is Tensor.std's
+    want = (z - z.mean(dim=(-2, -1), keepdim=True)) / (z.std(dim=(-2, -1), keepdim=True) + 1e-6)
+    torch.testing.assert_close(frame_standardize(z), want, rtol=1e-12, atol=1e-12)
     enc = build_encoder("frames", modality="depth", size="tiny", input_norm="frame")
     assert torch.isfinite(enc(torch.zeros(2, 3, 1, 32, 32))).all()
     with pytest.raises(ValueError, match="input_norm"):
