@@ -271,6 +271,32 @@ def test_single_passes_train_every_kind_and_save_only_the_row(tiny_root: Path, t
         assert not torch.equal(trained[0.0][fusion], trained[1.0][fusion]), (kind, extra)
 
 
+def test_teacher_single_passes_change_training_and_save_a_plain_teacher(tiny_root: Path, tmp_path: Path) -> None:
+    """``teacher.single_passes``: the teacher's fusion trains on each modality alone too; the saved
+    teacher is the plain architecture (strict load)."""
+    import torch
+
+    from actdistill.engine.checkpoint import load_weights
+    from actdistill.engine.karmma import KarmmaPipeline, build_teacher
+
+    trained = {}
+    for w in (0.0, 1.0):
+        cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY,
+                                 f"teacher.single_passes={w}"])
+        run = tmp_path / f"teacher{w}"
+        run.mkdir()
+        pipe = KarmmaPipeline(cfg, run)
+        pipe.load_data()
+        ext = pipe.build_extractors()
+        pipe.teacher_tokens(ext)
+        pipe.train_teacher(ext)
+        fresh = build_teacher(cfg, pipe.modalities, pipe.heads, cfg.data.sampling.num_frames)
+        load_weights(fresh, run / "teacher.safetensors")
+        trained[w] = fresh.state_dict()
+    key = "fusion.blocks.layers.0.linear1.weight"
+    assert not torch.equal(trained[0.0][key], trained[1.0][key])
+
+
 def test_teacher_logits_for_all_modalities_are_computed_once(tiny_root: Path, tmp_path: Path) -> None:
     """``teacher_input: all``: the precomputed logits of every training view equal what the frozen
     teacher gives a mini-batch of the same samples at a training step."""

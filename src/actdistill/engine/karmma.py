@@ -68,6 +68,10 @@ class TeacherConfig:
     ))
     fit_unimodal: list[str] = field(default_factory=lambda: ["flow", "audio", "depth", "boxes", "imu"])
     modality_dropout: float = 0.5
+    # Weight of the cross-entropy on single-modality fusion passes (see StudentConfig.single_passes):
+    # a teacher that answers well from one modality matters when the student distils it on the
+    # dropped input (teacher_input: dropped, the library default). 0: off, the paper.
+    single_passes: float = 0.0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=15, lr=5e-4, batch_size=32))
     unimodal_optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=6, lr=2e-3, batch_size=32))
 
@@ -181,31 +185,52 @@ class TrainingExtras(nn.Module):
         if self.aux is not None:
             out["unimodal_logits"] = {m: self.aux[m](t.mean(1)) for m, t in tokens.items()}
         if self.singles:
-            out["single_logits"] = self.single_passes(tokens, present, counts)
+            out["single_logits"] = single_pass_logits(self.model.fusion, tokens, present, counts)
         return out
 
-    def single_passes(self, tokens: dict[str, torch.Tensor], present: torch.Tensor,
-                      counts: dict[str, int]) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        """``m -> (rows, logits)``: the fusion's logits for the ``rows`` where ``m`` is present,
-        given ``m`` alone. One fusion call over all (row, modality) pairs, not one per modality."""
-        mods = self.model.modalities
-        picks = [(j, present[:, j].nonzero().squeeze(1)) for j, m in enumerate(mods) if m in tokens]
-        picks = [(j, r) for j, r in picks if r.numel()]
-        if not picks:
-            return {}
-        rows = torch.cat([r for _, r in picks])
-        only = torch.zeros(len(rows), len(mods), dtype=torch.bool, device=present.device)
-        start = 0
-        for j, r in picks:
-            only[start:start + len(r), j] = True
-            start += len(r)
-        logits = self.model.fusion({m: t.index_select(0, rows) for m, t in tokens.items()}, only, counts)["logits"]
-        out, start = {}, 0
-        for j, r in picks:
-            out[mods[j]] = (r, {t: v[start:start + len(r)] for t, v in logits.items()})
-            start += len(r)
+
+def single_pass_logits(fusion: KARMMAFusion, tokens: dict[str, torch.Tensor], present: torch.Tensor,
+                       counts: dict[str, int]) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """``m -> (rows, logits)``: ``fusion``'s logits for the ``rows`` where ``m`` is present,
+    given ``m`` alone. One fusion call over all (row, modality) pairs, not one per modality."""
+    mods = fusion.modalities
+    picks = [(j, present[:, j].nonzero().squeeze(1)) for j, m in enumerate(mods) if m in tokens]
+    picks = [(j, r) for j, r in picks if r.numel()]
+    if not picks:
+        return {}
+    rows = torch.cat([r for _, r in picks])
+    only = torch.zeros(len(rows), len(mods), dtype=torch.bool, device=present.device)
+    start = 0
+    for j, r in picks:
+        only[start:start + len(r), j] = True
+        start += len(r)
+    logits = fusion({m: t.index_select(0, rows) for m, t in tokens.items()}, only, counts)["logits"]
+    out, start = {}, 0
+    for j, r in picks:
+        out[mods[j]] = (r, {t: v[start:start + len(r)] for t, v in logits.items()})
+        start += len(r)
+    return out
+
+
+class FusionWithSingles(nn.Module):
+    """A teacher's fusion block (trained on cached tokens) that also returns its single-modality
+    passes, in one forward so that DDP sees one call per step."""
+
+    def __init__(self, fusion: KARMMAFusion) -> None:
+        super().__init__()
+        self.fusion = fusion
+
+    def forward(self, tokens: dict[str, torch.Tensor], present: torch.Tensor,
+                counts: dict[str, int]) -> dict[str, Any]:
+        out = self.fusion(tokens, present, counts)
+        out["single_logits"] = single_pass_logits(self.fusion, tokens, present, counts)
         return out
 
+
+def single_pass_ce(out: dict[str, Any], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over modalities of the cross-entropy of ``out["single_logits"]`` on their rows."""
+    terms = [ce_loss(lg, {t: y[rows] for t, y in labels.items()})["loss"] for rows, lg in out["single_logits"].values()]
+    return torch.stack(terms).mean() if terms else torch.zeros((), device=next(iter(labels.values())).device)
 
 def unimodal_aux_loss(out: dict[str, Any], mask: torch.Tensor, labels: dict[str, torch.Tensor],
                       modalities: tuple[str, ...]) -> torch.Tensor:
@@ -468,7 +493,8 @@ class KarmmaPipeline:
         p = self.cfg.teacher.modality_dropout
         gen = torch.Generator().manual_seed(self.cfg.run.seed + 1)
         drop_gen = torch.Generator().manual_seed(self.cfg.run.seed + 2)
-        model = wrap_ddp(fusion, self.device)
+        single_w = self.cfg.teacher.single_passes
+        model = wrap_ddp(FusionWithSingles(fusion) if single_w > 0 else fusion, self.device)
 
         def batches(epoch: int):
             return self.train_tokens[epoch % len(self.train_tokens)].batches(ocfg.batch_size, True, gen)
@@ -476,8 +502,13 @@ class KarmmaPipeline:
         def step(b: dict[str, Any]) -> dict[str, torch.Tensor]:
             mask = modality_dropout(b["present"], p, drop_gen) if p > 0 else b["present"]
             tokens = {m: x.to(self.device) for m, x in b["inputs"].items()}
+            labels = {t: y.to(self.device) for t, y in b["labels"].items()}
             out = model(tokens, mask.to(self.device), self.token_counts)
-            return ce_loss(out["logits"], {t: y.to(self.device) for t, y in b["labels"].items()})
+            losses = ce_loss(out["logits"], labels)
+            if single_w > 0:
+                losses["loss_single"] = single_pass_ce(out, labels)
+                losses["loss"] = losses["loss"] + single_w * losses["loss_single"]
+            return losses
 
         steps = -(-len(self.train_tokens[0]) // ocfg.batch_size)
         fit(model, step, batches, steps, ocfg, self.run_dir, "teacher", self.progress)
@@ -564,11 +595,10 @@ class KarmmaPipeline:
         the pass saw)."""
         scfg = self.cfg.student
         terms = []
+        if teacher is None:
+            return single_pass_ce(out, labels)
         for m, (rows, logits) in out["single_logits"].items():
             y = {t: v[rows] for t, v in labels.items()}
-            if teacher is None:
-                terms.append(ce_loss(logits, y)["loss"])
-                continue
             if "teacher_logits" in b:
                 t_logits = {t: v.to(self.device)[rows] for t, v in b["teacher_logits"].items()}
             else:
