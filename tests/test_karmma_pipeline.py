@@ -183,27 +183,33 @@ def test_unimodal_aux_loss_reads_only_present_rows() -> None:
     assert float(unimodal_aux_loss(out, torch.zeros(3, 2, dtype=torch.bool), labels, mods)) == 0.0
 
 
+def _tiny_pipe(tiny_root: Path, tmp_path: Path, name: str, *overrides: str):
+    """A loaded pipeline on the tiny data with ``overrides``, running in ``tmp_path / name``."""
+    from actdistill.engine.karmma import KarmmaPipeline
+
+    cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY, *overrides])
+    run = tmp_path / name
+    run.mkdir()
+    pipe = KarmmaPipeline(cfg, run)
+    pipe.load_data()
+    return pipe
+
+
 def test_unimodal_aux_trains_the_encoders_and_saves_only_the_row(tiny_root: Path, tmp_path: Path) -> None:
     """``student.unimodal_aux``: the auxiliary heads change training (different weights) but are not
     part of the saved row, which loads into a plain row of the same kind."""
     import torch
 
     from actdistill.engine.checkpoint import load_weights
-    from actdistill.engine.karmma import KarmmaPipeline
     from actdistill.models.fusion import MultimodalRecognizer
 
     trained = {}
     for w in (0.0, 1.0):
-        cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY,
-                                 f"student.unimodal_aux={w}"])
-        run = tmp_path / f"aux{w}"
-        run.mkdir()
-        pipe = KarmmaPipeline(cfg, run)
-        pipe.load_data()
+        pipe = _tiny_pipe(tiny_root, tmp_path, f"aux{w}", f"student.unimodal_aux={w}")
         model = pipe.train_row("baseline_delta", None)
         assert isinstance(model, MultimodalRecognizer)
         fresh = pipe.build_row("baseline_delta")
-        load_weights(fresh, run / "baseline_delta.safetensors")  # strict: no aux.* keys, none missing
+        load_weights(fresh, pipe.run_dir / "baseline_delta.safetensors")  # strict: no aux.* keys, none missing
         trained[w] = fresh.state_dict()
     enc = "encoders.rgb.backbone.0.conv.weight"
     assert not torch.equal(trained[0.0][enc], trained[1.0][enc])
@@ -246,19 +252,14 @@ def test_single_passes_train_every_kind_and_save_only_the_row(tiny_root: Path, t
     import torch
 
     from actdistill.engine.checkpoint import load_weights
-    from actdistill.engine.karmma import KarmmaPipeline
 
     fusion = "fusion.blocks.layers.0.linear1.weight"
     for kind, extra in (("baseline_delta", []), ("student", ["student.teacher_input=dropped"]),
                         ("student", ["student.teacher_input=all"])):
         trained = {}
         for w in (0.0, 1.0):
-            cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY,
-                                     "student.unimodal_aux=0", f"student.single_passes={w}", *extra])
-            run = tmp_path / f"{kind}{len(extra) and extra[0][-3:]}{w}"
-            run.mkdir()
-            pipe = KarmmaPipeline(cfg, run)
-            pipe.load_data()
+            pipe = _tiny_pipe(tiny_root, tmp_path, f"{kind}{len(extra) and extra[0][-3:]}{w}",
+                              "student.unimodal_aux=0", f"student.single_passes={w}", *extra)
             teacher = None
             if kind == "student":
                 ext = pipe.build_extractors()
@@ -266,7 +267,7 @@ def test_single_passes_train_every_kind_and_save_only_the_row(tiny_root: Path, t
                 teacher = pipe.train_teacher(ext)
             pipe.train_row(kind, teacher)
             fresh = pipe.build_row(kind)
-            load_weights(fresh, run / f"{kind}.safetensors")
+            load_weights(fresh, pipe.run_dir / f"{kind}.safetensors")
             trained[w] = fresh.state_dict()
         assert not torch.equal(trained[0.0][fusion], trained[1.0][fusion]), (kind, extra)
 
@@ -277,21 +278,16 @@ def test_teacher_single_passes_change_training_and_save_a_plain_teacher(tiny_roo
     import torch
 
     from actdistill.engine.checkpoint import load_weights
-    from actdistill.engine.karmma import KarmmaPipeline, build_teacher
+    from actdistill.engine.karmma import build_teacher
 
     trained = {}
     for w in (0.0, 1.0):
-        cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY,
-                                 f"teacher.single_passes={w}"])
-        run = tmp_path / f"teacher{w}"
-        run.mkdir()
-        pipe = KarmmaPipeline(cfg, run)
-        pipe.load_data()
+        pipe = _tiny_pipe(tiny_root, tmp_path, f"teacher{w}", f"teacher.single_passes={w}")
         ext = pipe.build_extractors()
         pipe.teacher_tokens(ext)
         pipe.train_teacher(ext)
-        fresh = build_teacher(cfg, pipe.modalities, pipe.heads, cfg.data.sampling.num_frames)
-        load_weights(fresh, run / "teacher.safetensors")
+        fresh = build_teacher(pipe.cfg, pipe.modalities, pipe.heads, pipe.cfg.data.sampling.num_frames)
+        load_weights(fresh, pipe.run_dir / "teacher.safetensors")
         trained[w] = fresh.state_dict()
     key = "fusion.blocks.layers.0.linear1.weight"
     assert not torch.equal(trained[0.0][key], trained[1.0][key])
