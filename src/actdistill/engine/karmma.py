@@ -232,6 +232,7 @@ def single_pass_ce(out: dict[str, Any], labels: dict[str, torch.Tensor]) -> torc
     terms = [ce_loss(lg, {t: y[rows] for t, y in labels.items()})["loss"] for rows, lg in out["single_logits"].values()]
     return torch.stack(terms).mean() if terms else torch.zeros((), device=next(iter(labels.values())).device)
 
+
 def unimodal_aux_loss(out: dict[str, Any], mask: torch.Tensor, labels: dict[str, torch.Tensor],
                       modalities: tuple[str, ...]) -> torch.Tensor:
     """Mean over modalities of the cross-entropy of ``out["unimodal_logits"]`` on the rows where
@@ -592,21 +593,21 @@ class KarmmaPipeline:
         """Mean over modalities of the row's loss on its single-modality fusion passes
         (``out["single_logits"]``): cross-entropy, or for KD rows the KD loss against the teacher's
         logits for the same input (all modalities with ``teacher_input: all``, else the modality
-        the pass saw)."""
-        scfg = self.cfg.student
-        terms = []
+        the pass saw: the teacher's own single passes, one batched call)."""
         if teacher is None:
             return single_pass_ce(out, labels)
-        for m, (rows, logits) in out["single_logits"].items():
-            y = {t: v[rows] for t, v in labels.items()}
-            if "teacher_logits" in b:
-                t_logits = {t: v.to(self.device)[rows] for t, v in b["teacher_logits"].items()}
-            else:
-                only = torch.zeros_like(mask)
-                j = self.modalities.index(m)
-                only[:, j] = mask[:, j]
-                t_logits = {t: v[rows] for t, v in self._teacher_step(teacher, b["teacher_tokens"], only).items()}
-            terms.append(kd_loss(logits, t_logits, y, scfg.alpha, scfg.temperature)["loss"])
+        scfg = self.cfg.student
+        singles = out["single_logits"]
+        if "teacher_logits" in b:
+            t_all = {t: v.to(self.device) for t, v in b["teacher_logits"].items()}
+            t_single = {m: {t: v[rows] for t, v in t_all.items()} for m, (rows, _) in singles.items()}
+        else:
+            tokens = {m: x.to(self.device) for m, x in b["teacher_tokens"].items()}
+            with torch.no_grad():
+                passes = single_pass_logits(teacher.fusion, tokens, mask.to(self.device), self.token_counts)
+            t_single = {m: lg for m, (_, lg) in passes.items()}
+        terms = [kd_loss(logits, t_single[m], {t: y[rows] for t, y in labels.items()}, scfg.alpha,
+                         scfg.temperature)["loss"] for m, (rows, logits) in singles.items()]
         return torch.stack(terms).mean() if terms else torch.zeros((), device=mask.device)
 
     def _teacher_step(self, teacher: MultimodalRecognizer | None, tokens: dict[str, torch.Tensor],
