@@ -313,3 +313,46 @@ def test_teacher_logits_for_all_modalities_are_computed_once(tiny_root: Path, tm
     for t, v in step.items():
         assert fixed[0][t].shape[0] == len(pipe.train_clips[0])
         torch.testing.assert_close(fixed[0][t][idx], v, rtol=0, atol=1e-5)
+
+
+def test_init_unimodal_starts_every_fused_row_from_the_fits(tiny_root: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``student.init_unimodal``: the listed encoders are fitted alone once and every fused row
+    starts from those weights (rows differ only in training); a student encoder configured like the
+    teacher's extractor reuses the teacher's cached fit instead of fitting again."""
+    import torch
+
+    from actdistill.engine import karmma as K
+    from actdistill.engine.checkpoint import load_weights
+
+    pipe = _tiny_pipe(tiny_root, tmp_path, "init", "student.init_unimodal=[rgb,depth]",
+                      "teacher.model.encoders.depth.shift=0.125", "student.model.encoders.depth.shift=0.125")
+    ext = pipe.build_extractors()  # fits the teacher's flow, audio, depth (the student's depth: same config)
+    pipe.teacher_tokens(ext)
+    fits: list[str] = []
+    real_fit = K.KarmmaPipeline.fit_unimodal
+    monkeypatch.setattr(K.KarmmaPipeline, "fit_unimodal",
+                        lambda self, m, spec=None, label="unimodal": fits.append(m) or real_fit(self, m, spec, label))
+    paths = pipe.unimodal_init()
+    assert set(paths) == {"rgb", "depth"}
+    assert paths["depth"].parent.name == "unimodal"
+    assert pipe.timings.get("student_unimodal_rgb", 0) > 0 and "student_unimodal_depth" not in pipe.timings
+    captured = {}
+    real_build = pipe.build_row
+    monkeypatch.setattr(pipe, "build_row", lambda kind: captured.setdefault(kind, real_build(kind)))
+    monkeypatch.setattr(K, "fit", lambda model, *a, **k: None)  # no training: look at the start point
+    teacher = pipe.train_teacher(ext)
+    for kind in ("baseline", "student"):
+        captured.clear()
+        pipe.train_row(kind, None if kind == "baseline" else teacher)
+        for m in ("rgb", "depth"):
+            fitted = real_build(kind).encoders[m]
+            load_weights(fitted, paths[m])
+            for k, v in fitted.state_dict().items():
+                assert torch.equal(captured[kind].encoders[m].state_dict()[k], v), (kind, m, k)
+        torch.manual_seed(pipe.cfg.run.seed)
+        fresh = real_build(kind).encoders["flow"].state_dict()  # not listed: the seeded from-scratch init
+        assert all(torch.equal(captured[kind].encoders["flow"].state_dict()[k], v) for k, v in fresh.items())
+    assert fits == ["rgb", "depth"]  # fitted (or found) once, not once per row
+    with pytest.raises(ValueError, match="student.init_unimodal names \\['boxes'\\]"):
+        _tiny_pipe(tiny_root, tmp_path, "bad", "student.init_unimodal=[boxes]").unimodal_init()
