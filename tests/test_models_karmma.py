@@ -189,6 +189,9 @@ def test_flow_stack_channels_and_registry_names() -> None:
     assert enc(torch.rand(2, 2, 6, 32, 32)).shape == (2, 2, enc.out_dim)
     with pytest.raises(ValueError, match="channels"):
         enc(torch.rand(2, 2, 2, 32, 32))
+    compact = build_encoder("compact", modality="flow", size="tiny")  # 2 channels unless told
+    with pytest.raises(ValueError, match="expects 2 channels, got 10 .*stack: k"):
+        compact(torch.rand(2, 2, 10, 32, 32))
     for name in ("frames", "flow", "spectrogram", "boxes", "imu", "compact", "mobilenet_v2", "timm",
                  "torchvision_video", "open_clip"):  # fmt: skip
         assert name in ENCODERS

@@ -187,7 +187,11 @@ class FrameCNN(Encoder):
     def encode(self, x: Tensor) -> Tensor:
         frames, b, t = fold_frames(x, 3)
         if frames.shape[1] != self.in_channels:
-            raise ValueError(f"{self.modality} encoder expects {self.in_channels} channels, got {frames.shape[1]}")
+            hint = (" (flow stacks of k frames have 2k channels: set the encoder's in_channels, or use the"
+                    " `flow` encoder with stack: k)" if self.modality == "flow" else
+                    " (set the encoder's in_channels)")
+            raise ValueError(f"{self.modality} encoder expects {self.in_channels} channels, "
+                             f"got {frames.shape[1]}{hint}")
         if self.input_norm == "frame":
             frames = frame_standardize(frames)
         feat = frames
