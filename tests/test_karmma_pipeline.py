@@ -246,19 +246,20 @@ def test_single_passes_equal_the_model_given_one_modality(missing: str) -> None:
 
 
 def test_single_passes_train_every_kind_and_save_only_the_row(tiny_root: Path, tmp_path: Path) -> None:
-    """The single-pass loss changes training of the rows with dropout (CE rows and KD rows, KD
-    with the teacher on the dropped input or on all modalities), and the saved row is the plain
-    architecture."""
+    """The single-pass loss changes training of the rows with dropout (CE rows, KD rows whose
+    single passes learn from the labels, and KD rows that distil them from the teacher on the
+    dropped input or on all modalities), and the saved row is the plain architecture."""
     import torch
 
     from actdistill.engine.checkpoint import load_weights
 
     fusion = "fusion.blocks.layers.0.linear1.weight"
     for kind, extra in (("baseline_delta", []), ("student", ["student.teacher_input=dropped"]),
-                        ("student", ["student.teacher_input=all"])):
+                        ("student", ["student.teacher_input=dropped", "student.single_pass_target=teacher"]),
+                        ("student", ["student.teacher_input=all", "student.single_pass_target=teacher"])):
         trained = {}
         for w in (0.0, 1.0):
-            pipe = _tiny_pipe(tiny_root, tmp_path, f"{kind}{len(extra) and extra[0][-3:]}{w}",
+            pipe = _tiny_pipe(tiny_root, tmp_path, f"{kind}{len(extra)}{len(extra) and extra[0][-3:]}{w}",
                               "student.unimodal_aux=0", f"student.single_passes={w}", *extra)
             teacher = None
             if kind == "student":
@@ -354,5 +355,25 @@ def test_init_unimodal_starts_every_fused_row_from_the_fits(tiny_root: Path, tmp
         fresh = real_build(kind).encoders["flow"].state_dict()  # not listed: the seeded from-scratch init
         assert all(torch.equal(captured[kind].encoders["flow"].state_dict()[k], v) for k, v in fresh.items())
     assert fits == ["rgb", "depth"]  # fitted (or found) once, not once per row
-    with pytest.raises(ValueError, match="student.init_unimodal names \\['boxes'\\]"):
+    with pytest.raises(ValueError, match=r"student\.init_unimodal names \['boxes'\]"):
         _tiny_pipe(tiny_root, tmp_path, "bad", "student.init_unimodal=[boxes]").unimodal_init()
+
+
+def test_single_pass_target_switches_the_kd_rows_loss(tiny_root: Path, tmp_path: Path) -> None:
+    """``student.single_pass_target``: a KD row's single passes learn from the labels or from the
+    teacher, which trains it differently; an unknown value (or teacher_input) is a clear error."""
+    import torch
+
+    trained = {}
+    for target in ("labels", "teacher"):
+        pipe = _tiny_pipe(tiny_root, tmp_path, f"target-{target}", "student.single_passes=1",
+                          "student.teacher_input=dropped", f"student.single_pass_target={target}")
+        ext = pipe.build_extractors()
+        pipe.teacher_tokens(ext)
+        trained[target] = pipe.train_row("student", pipe.train_teacher(ext)).state_dict()
+    key = "fusion.blocks.layers.0.linear1.weight"
+    assert not torch.equal(trained["labels"][key], trained["teacher"][key])
+    for bad in ("student.single_pass_target=logits", "student.teacher_input=some"):
+        pipe = _tiny_pipe(tiny_root, tmp_path, f"bad-{bad.split('=')[0][8:]}", bad)
+        with pytest.raises(ValueError, match="must be one of"):
+            pipe.train_row("baseline_delta", None)

@@ -190,7 +190,7 @@ def test_flow_stack_channels_and_registry_names() -> None:
     with pytest.raises(ValueError, match="channels"):
         enc(torch.rand(2, 2, 2, 32, 32))
     compact = build_encoder("compact", modality="flow", size="tiny")  # 2 channels unless told
-    with pytest.raises(ValueError, match="expects 2 channels, got 10 .*stack: k"):
+    with pytest.raises(ValueError, match=r"expects 2 channels, got 10 .*stack: k"):
         compact(torch.rand(2, 2, 10, 32, 32))
     for name in ("frames", "flow", "spectrogram", "boxes", "imu", "compact", "mobilenet_v2", "timm",
                  "torchvision_video", "open_clip"):  # fmt: skip

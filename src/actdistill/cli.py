@@ -85,10 +85,12 @@ def _add_karmma(sub: argparse._SubParsersAction) -> None:
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. student.alpha=0.7")
     s.set_defaults(func=cmd_karmma_train)
 
-    p = sub.add_parser("unimodal", help="fit unimodal teacher extractors",
-                       description="Train the teacher's unimodal extractors that have no pretrained weights.")
+    p = sub.add_parser("unimodal", help="fit unimodal extractors (teacher, and student init)",
+                       description="Train the teacher's unimodal extractors that have no pretrained weights, and "
+                                   "the student encoders listed in student.init_unimodal.")
     usub = p.add_subparsers(dest="unimodal_cmd", required=True, metavar="COMMAND")
-    s = usub.add_parser("fit", help="fit the extractors listed in teacher.fit_unimodal (cached by config)")
+    s = usub.add_parser("fit", help="fit the encoders of teacher.fit_unimodal and student.init_unimodal "
+                                    "(cached by config)")
     s.add_argument("experiment", nargs="?", help="experiment YAML")
     s.add_argument("overrides", nargs="*", help="dotted overrides")
     s.set_defaults(func=cmd_unimodal_fit)
@@ -205,6 +207,8 @@ def cmd_unimodal_fit(args: argparse.Namespace) -> int:
     for m in cfg.teacher.fit_unimodal:
         if m in pipe.modalities:
             print(f"{m}: {pipe.fit_unimodal(m)}")
+    for m, path in pipe.unimodal_init().items():  # student.init_unimodal (often the same fits)
+        print(f"student {m}: {path}")
     return 0
 
 
