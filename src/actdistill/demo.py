@@ -32,9 +32,9 @@ teacher:
     size: teacher
     encoders:
       rgb: {name: mobilenet_v2, pretrained: imagenet-offline, input_size: 112, grid: 2}
-      flow: {name: compact, widths: [16, 32, 64], blocks: 1, pool: avg, input_norm: frame}
-      audio: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max}
-      depth: {name: compact, widths: [16, 32, 64], blocks: 1, pool: avgmax, input_norm: frame}
+      flow: {name: compact, widths: [16, 32, 64], blocks: 1, pool: avgmax, input_norm: frame}
+      audio: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max}
+      depth: {name: compact, widths: [16, 32, 64], blocks: 1, pool: avgmax, shift: 0.125, input_norm: frame}
     fusion: {dim: 256, depth: 2, num_heads: 4, dropout: 0.1}
   fit_unimodal: [flow, audio, depth]
   modality_dropout: 0.5
@@ -45,7 +45,7 @@ student:
     size: student
     encoders:
       rgb: {name: compact, widths: [16, 32, 64], blocks: 1, pool: max, shift: 0.125, keypoints: 8}
-      flow: {name: compact, widths: [16, 32, 64], blocks: 1, pool: avg, input_norm: frame}
+      flow: {name: compact, widths: [16, 32, 64], blocks: 1, pool: avgmax, input_norm: frame}
       audio: {name: compact, widths: [8, 16, 32], blocks: 1, pool: max}
       depth: {name: compact, widths: [16, 32, 64], blocks: 1, pool: avgmax, shift: 0.125, input_norm: frame}
     fusion: {dim: 96, depth: 1, num_heads: 4, missing: tokens}
@@ -55,6 +55,7 @@ student:
   teacher_input: all
   unimodal_aux: 3.0
   single_passes: 1.0
+  init_unimodal: [rgb, flow, audio, depth]
   optim: {epochs: 40, lr: 0.003, batch_size: 16}
 rows: [baseline, baseline_delta, student]
 eval:
