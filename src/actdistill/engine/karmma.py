@@ -375,7 +375,8 @@ class KarmmaPipeline:
         """What a fit depends on. ``size`` only picks presets: it is replaced by the built encoder's
         parameter shapes, so a student encoder with the teacher's explicit widths shares its fit."""
         name, opts = _spec_opts(spec, m)
-        shapes = [[k, list(v.shape)] for k, v in build_encoder(name, modality=m, **opts).state_dict().items()]
+        with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
+            shapes = [[k, list(v.shape)] for k, v in build_encoder(name, modality=m, **opts).state_dict().items()]
         opts = {k: v for k, v in opts.items() if k != "size"}
         return {"kind": "unimodal", "modality": m, "encoder": name, "options": opts, "shapes": shapes,
                 "heads": self.heads,
