@@ -340,6 +340,7 @@ class KarmmaPipeline:
         self.progress = cfg.run.progress
         self.modalities = tuple(cfg.data.modalities)
         self.timings: dict[str, float] = {}
+        self._init_paths: dict[str, Path] | None = None  # student.init_unimodal fits, once per pipeline
 
     # ----------------------------------------------------------------------------------- data
     def load_data(self) -> None:
@@ -636,7 +637,7 @@ class KarmmaPipeline:
         if unknown:
             raise ValueError(f"student.init_unimodal names {unknown}, "
                              f"not among data.modalities {list(self.modalities)}")
-        if not hasattr(self, "_init_paths"):
+        if self._init_paths is None:
             paths = {}
             for m in wanted:
                 with main_first():  # rank 0 fits; the others find the fitted weights afterwards
