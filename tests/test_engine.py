@@ -68,7 +68,8 @@ def test_cache_rejects_nan_and_corrupt_index(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="NaN or Inf"):  # refused when written (read-side: test_reliability)
         c.add("bad", 0, {"rgb": torch.tensor([float("nan")])})
     c.add("good", 0, {"rgb": torch.tensor([1.0])})
-    (c.dir / "index.json").write_text("{not json")
+    log = c.dir / "index-main.jsonl"  # a damaged line before the last one (a torn last line is ignored)
+    log.write_bytes(b"{not json\n" + log.read_bytes())
     with pytest.raises(DataError, match="cache index is corrupt"):
         FeatureCache(tmp_path, "feat", {"k": 1})
 
