@@ -85,6 +85,13 @@ def _add_karmma(sub: argparse._SubParsersAction) -> None:
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. student.alpha=0.7")
     s.set_defaults(func=cmd_karmma_train)
 
+    s = ksub.add_parser("plan", help="estimate a run's cost from the config and annotations (no decoding)",
+                        description="Samples per split (from the annotations alone where the adapter can), bytes "
+                        "of every on-disk cache, FLOPs per stage and epoch (counted on one sample), and the "
+                        "estimated peak memory per process. Nothing is decoded, trained or written.")
+    add_plan_arguments(s, "configs/karmma/epic_kitchens_100.yaml")
+    s.set_defaults(func=cmd_karmma_plan)
+
     p = sub.add_parser("unimodal", help="fit unimodal extractors (teacher, and student init)",
                        description="Train the teacher's unimodal extractors that have no pretrained weights, and "
                                    "the student encoders listed in student.init_unimodal.")
@@ -195,6 +202,28 @@ def cmd_karmma_train(args: argparse.Namespace) -> int:
     run_karmma(cfg, run_dir)
     if is_main():  # rank 0 wrote the report
         print((run_dir / "report.md").read_text())
+    return 0
+
+
+def add_plan_arguments(s: argparse.ArgumentParser, example: str) -> None:
+    """The arguments ``karmma plan`` and ``fewshot plan`` share."""
+    s.add_argument("experiment", nargs="?", help=f"experiment YAML (e.g. {example})")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.annotations=/x")
+    s.add_argument("--json", action="store_true", help="print the plan as JSON")
+    s.add_argument("--check-media", action="store_true",
+                   help="index with the adapter's media checks (count only samples whose files exist)")
+    s.add_argument("--tflops", type=float, metavar="T",
+                   help="add a wall-clock hint at an assumed sustained T TFLOP/s")
+
+
+def cmd_karmma_plan(args: argparse.Namespace) -> int:
+    from actdistill.config import build_config
+    from actdistill.engine.karmma import KarmmaConfig
+    from actdistill.plan import format_plan, plan_karmma
+
+    experiment, overrides = _split_experiment(args.experiment, args.overrides)
+    plan = plan_karmma(build_config(KarmmaConfig, experiment, overrides), args.check_media, args.tflops)
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan), end="\n" if args.json else "")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``actdistill fewshot``: the few-shot subcommands (demo, train, eval).
+"""``actdistill fewshot``: the few-shot subcommands (demo, train, eval, plan).
 
 Wired into the top-level parser by :func:`add_fewshot_parser`; heavy imports happen inside the
 commands so ``--help`` stays instant.
@@ -72,6 +72,15 @@ def add_fewshot_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.settings=[5way1shot]")
     s.set_defaults(func=cmd_fewshot_eval)
 
+    from actdistill.cli import add_plan_arguments  # the arguments shared with `karmma plan`
+
+    s = fsub.add_parser("plan", help="estimate a run's cost from the config and split files (no decoding)",
+                        description="Classes and videos per split (from the split files alone), bytes of the "
+                        "feature caches, FLOPs per method for training and evaluation (counted on one clip and "
+                        "one episode), and the estimated peak memory per process. Nothing is decoded or trained.")
+    add_plan_arguments(s, "configs/fewshot/ssv2_small.yaml")
+    s.set_defaults(func=cmd_fewshot_plan)
+
 
 def _setup(experiment: str | None, overrides: list[str], name: str, text: str | None = None) -> tuple[Any, Path]:
     import yaml
@@ -136,3 +145,18 @@ def cmd_fewshot_eval(args: argparse.Namespace) -> int:
     cfg = load_run_config(run_dir, list(args.overrides))
     run_fewshot(cfg, run_dir, train=False, episodes=args.episodes)
     return _finish(run_dir, t0)
+
+
+def cmd_fewshot_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from actdistill.config import build_config
+    from actdistill.engine.fewshot import FewShotConfig
+    from actdistill.plan import format_plan, plan_fewshot
+
+    experiment, overrides = args.experiment, list(args.overrides)
+    if experiment is not None and "=" in experiment and not os.path.exists(experiment):
+        experiment, overrides = None, [experiment, *overrides]
+    plan = plan_fewshot(build_config(FewShotConfig, experiment, overrides), args.check_media, args.tflops)
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan), end="\n" if args.json else "")
+    return 0

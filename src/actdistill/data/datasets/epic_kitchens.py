@@ -235,6 +235,7 @@ def load_epic_kitchens(
     frames: str = "auto",
     depth_dirname: str = "depth_frames",
     fps: float | None = None,
+    check_media: bool = True,
 ) -> DatasetIndex:
     """Index one split of EPIC-KITCHENS-100.
 
@@ -242,6 +243,11 @@ def load_epic_kitchens(
     timestamps) and missing media become problems naming the file and line; only a missing or
     headerless annotation file is a hard error. Segments with none of the requested modalities
     on disk are dropped (and reported), so no sample ever has zero modalities.
+
+    ``check_media=False`` reads the annotations alone: every row gets the sources the official
+    layout names, unverified and without frame counts. Why: ``actdistill karmma plan`` sizes a run
+    before the media are downloaded (and without listing every frame folder of a 700 GB release);
+    nothing may decode such an index.
     """
     if split not in SPLIT_FILES:
         raise ValueError(f"unknown EPIC-KITCHENS-100 split {split!r}; choose from {SPLITS}")
@@ -280,7 +286,11 @@ def load_epic_kitchens(
             kind = "unknown_label" if isinstance(err, UnknownClassError) else "malformed"
             problems.append(Problem(where, f"line {row.line}: {err}", kind))
             continue
-        sources, media_problems, n_rgb = media.get(v["participant_id"], v["video_id"], tuple(modalities))
+        if not check_media:
+            sources, media_problems, n_rgb = _declared_sources(root, v["participant_id"], v["video_id"],
+                                                               tuple(modalities), depth_dirname), [], None
+        else:
+            sources, media_problems, n_rgb = media.get(v["participant_id"], v["video_id"], tuple(modalities))
         if (v["participant_id"], v["video_id"]) not in reported:
             problems.extend(media_problems)
             reported.add((v["participant_id"], v["video_id"]))
@@ -300,6 +310,21 @@ def load_epic_kitchens(
         segments.append(seg)
     classes = {"verb": verbs, "noun": nouns, "action": [f"{verbs[a]} {nouns[b]}" for a, b in actions]}
     return DatasetIndex("epic_kitchens_100", split, segments, classes, problems)
+
+
+def _declared_sources(root: Path, participant: str, video_id: str, modalities: tuple[str, ...],
+                      depth_dirname: str) -> dict[str, Source]:
+    """Where the official layout puts each modality of ``video_id`` (not checked on disk)."""
+    base, fps = root / participant, rgb_fps(video_id)
+    half = is_epic_2018(video_id)
+    where = {
+        "rgb": Source("frames", str(base / "rgb_frames" / video_id), fps=fps),
+        "flow": Source("uv_frames", str(base / "flow_frames" / video_id),
+                       index_map="epic_flow_half" if half else "epic_flow_full", fps=fps / 2 if half else fps),
+        "audio": Source("video", str(base / "videos" / f"{video_id}.MP4"), fps=fps),
+        "depth": Source("png16", str(base / depth_dirname / video_id), template="frame_{:010d}.png", fps=fps),
+    }
+    return {m: where[m] for m in modalities}
 
 
 def _row_to_segment(

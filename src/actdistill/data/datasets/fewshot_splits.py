@@ -22,6 +22,7 @@ from typing import Any
 
 from actdistill.data.datasets.video_folder import (
     VIDEO_EXTS,
+    Media,
     describe_media,
     problem_kind,
     read_json,
@@ -30,7 +31,7 @@ from actdistill.data.datasets.video_folder import (
     resolve_video,
     with_fps,
 )
-from actdistill.data.records import DataError, DatasetIndex, Problem, Segment
+from actdistill.data.records import DataError, DatasetIndex, Problem, Segment, Source
 
 BENCHMARKS = ("ssv2_full", "ssv2_small", "kinetics100", "ucf101", "hmdb51", "custom")
 SPLITS = ("train", "val", "test")
@@ -161,6 +162,7 @@ def load_fewshot_split(
     min_frames: int = 8,
     fps: float | None = None,
     workers: int = 8,
+    check_media: bool = True,
 ) -> DatasetIndex:
     """Index one split of a few-shot benchmark: one RGB :class:`Segment` per listed video.
 
@@ -169,6 +171,10 @@ def load_fewshot_split(
     Counts that differ from the benchmark's published 64/12/24, 31/10/10 or 70/10/21 are
     reported as a ``malformed`` problem, not raised: subsets are legitimate. Videos with fewer
     than ``min_frames`` frames are dropped as ``empty``, as the reference does.
+
+    ``check_media=False`` reads the split file alone: every listed video is kept, its source is
+    the class-folder path, unverified, with ``min_frames`` frames assumed. Why: ``actdistill
+    fewshot plan`` sizes a run before the videos are on disk; nothing may decode such an index.
     """
     if benchmark not in BENCHMARKS:
         raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {benchmark!r}")
@@ -176,7 +182,7 @@ def load_fewshot_split(
         split = "val"
     path = split_file_path(split_dir, split, split_id)
     root_p = Path(root)
-    if not root_p.is_dir():
+    if check_media and not root_p.is_dir():
         raise DataError(root_p, "dataset root not found")
     problems: list[Problem] = []
     entries = read_split_file(path, problems)
@@ -219,7 +225,7 @@ def load_fewshot_split(
             problems.append(Problem(str(path), f"{cls}/{video} listed twice; keeping the first", "malformed"))
             continue
         seen.add((cls, video))
-        found = _resolve(root_p, cls, video)
+        found = _resolve(root_p, cls, video) if check_media else root_p / cls / video
         if found is None:
             problems.append(
                 Problem(str(root_p / cls / video), "video not found (no frame folder or video file)", "missing")
@@ -229,7 +235,9 @@ def load_fewshot_split(
 
     rate_default = _DEFAULT_FPS.get(benchmark, 30.0)
     segments: list[Segment] = []
-    for (cls, video, found), media in zip(todo, describe_media([t[2] for t in todo], frame_template, workers)):
+    described = (describe_media([t[2] for t in todo], frame_template, workers) if check_media
+                 else [_declared_media(t[2], min_frames) for t in todo])
+    for (cls, video, found), media in zip(todo, described):
         if isinstance(media, DataError):
             problems.append(Problem.from_error(media, problem_kind(media)))
             continue
@@ -260,6 +268,11 @@ def load_fewshot_split(
         classes={"class": classes},
         problems=problems,
     )
+
+
+def _declared_media(path: Path, num_frames: int) -> Media:
+    """A frame folder at ``path`` with ``num_frames`` frames, as ``check_media=False`` assumes it."""
+    return Media(Source("frames", str(path), num_frames=num_frames), num_frames, None, None, False)
 
 
 def prompt_names(index: DatasetIndex, class_names: ClassNames = None) -> list[str]:
