@@ -113,20 +113,21 @@ def test_rows_rebuilt_from_the_run_reproduce_its_predictions(run: tuple[Path, Pa
     import csv
 
     from actdistill.data.builder import load_index
-    from actdistill.engine.clips import load_clips
+    from actdistill.engine.clips import eval_loader, load_clips
 
     run_dir, root = run
     for row in ("teacher", "student"):
         rec = Recognizer.from_run(run_dir, row)
         d = rec.cfg.data
-        views = load_clips(d, d.test_split, False, d.sampling.test_views, rec.cfg.cache.root,
+        split = load_clips(d, d.test_split, False, d.sampling.test_views, rec.cfg.cache.root,
                            load_index(d, d.test_split), False)
-        inputs = {m: torch.stack([v.inputs[m] for v in views], 1).float() for m in views[0].inputs}
-        logits = rec.logits(inputs, views[0].present)
+        b = next(iter(eval_loader(split, len(split))))
+        inputs = {m: torch.stack([v[m] for v in b["views"]], 1) for m in b["views"][0]}
+        logits = rec.logits(inputs, b["present"])
         with open(run_dir / f"predictions_{row}.csv", newline="") as f:
             rows = {r["uid"]: r for r in csv.DictReader(f)}
         for task in ("verb", "noun"):
-            want = [int(rows[u][f"{task}_pred"]) for u in views[0].uids]
+            want = [int(rows[u][f"{task}_pred"]) for u in split.uids]
             assert logits[task].argmax(1).tolist() == want, (row, task)
     pred = Recognizer.from_run(run_dir, "teacher").predict(_video(root), ["rgb", "audio"])
     assert pred.used == ["rgb", "audio"] and pred.row == "teacher"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from actdistill.config import build_config, to_dict
 from actdistill.data.datasets.synthetic import write_synthetic_epic
@@ -79,17 +80,50 @@ def test_pipeline_end_to_end_and_resume(tiny_root: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_torchrun_ddp_two_ranks(tiny_root: Path, tmp_path: Path) -> None:
-    """The whole pipeline under ``torchrun`` with two gloo ranks: caches built once (rank 0 first),
-    the frozen teacher outside DDP, equal steps per rank, one run directory written by rank 0."""
+def test_torchrun_ddp_matches_one_process(tiny_root: Path, tmp_path: Path) -> None:
+    """Two gloo ranks at batch B against one process at batch 2B: every rank decodes and extracts
+    its share of the chunks (the merged token cache is bit-identical to one process's), each rank
+    takes half of every global batch, the LR schedule counts the steps a rank really takes, and
+    the trained teacher and rows equal one process's weights to float-reduction noise.
+
+    GroupNorm encoders and no fusion dropout: BatchNorm statistics over half a batch and dropout
+    draws per rank are not a single process's, so only these make the comparison exact."""
     import os
+    import shutil
     import subprocess
     import sys
 
+    import torch
     import yaml
+    from safetensors.torch import load_file
 
-    cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY,
-                             "rows=[baseline,student]", "eval.efficiency=false", f"run.out_dir={tmp_path / 'runs'}"])
+    from actdistill.engine.cache import FeatureCache
+
+    group = ("{name: compact, size: tiny, norm: group}")
+    common = [f"data.root={tiny_root}", *TINY, "rows=[baseline,student]", "eval.efficiency=false",
+              "student.unimodal_aux=0", "student.single_passes=0", "student.init_unimodal=[]",
+              "cache.chunk=2", "teacher.optim.epochs=2", "student.optim.epochs=2",
+              *[f"teacher.model.encoders.{m}={group}" for m in ("flow", "audio", "depth")],
+              *[f"student.model.encoders.{m}={group}" for m in ("rgb", "flow", "audio", "depth")],
+              "teacher.model.fusion={dim: 32, depth: 1, num_heads: 2, dropout: 0.0}",
+              "student.model.fusion={dim: 16, depth: 1, num_heads: 2, missing: tokens, dropout: 0.0}"]
+    # the unimodal fits' options (batch size included) key their cache: the same in both runs, so the
+    # ranks reuse the single process's fits and the tokens can be compared bit for bit
+    common.append("teacher.unimodal_optim.batch_size=4")
+    batch = ["teacher.optim.batch_size={}", "student.optim.batch_size={}"]
+    # one thread like each rank (OMP_NUM_THREADS=1 below): the order of a kernel's float reductions
+    # depends on the thread count, and bit-identical tokens need the same order
+    single = demo_config(None, [*common, f"cache.root={tmp_path / 'cache1'}", *[b.format(4) for b in batch],
+                                "run.threads=1"])
+    (tmp_path / "single").mkdir()
+    threads = torch.get_num_threads()
+    try:
+        run_karmma(single, tmp_path / "single")
+    finally:
+        torch.set_num_threads(threads)
+    shutil.copytree(tmp_path / "cache1" / "unimodal", tmp_path / "cache2" / "unimodal")
+    cfg = demo_config(None, [*common, f"cache.root={tmp_path / 'cache2'}", *[b.format(2) for b in batch],
+                             f"run.out_dir={tmp_path / 'runs'}"])
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump(to_dict(cfg)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -99,25 +133,56 @@ def test_torchrun_ddp_two_ranks(tiny_root: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "runs").glob("ddp*"))
     assert len(runs) == 1, runs  # rank 1 did not open a second run directory
+    for folder in sorted((tmp_path / "cache1").glob("tokens-*")):
+        twin = tmp_path / "cache2" / folder.name
+        assert {p.stem.split("-", 1)[1] for p in twin.glob("index-*.jsonl")} == {"shard0of2", "shard1of2"}
+        key = yaml.safe_load((folder / "key.json").read_text())["key"]
+        a, b = FeatureCache(tmp_path / "cache1", folder.name.rsplit("-", 1)[0], key), \
+            FeatureCache(tmp_path / "cache2", folder.name.rsplit("-", 1)[0], key)
+        assert sorted(a.entries()) == sorted(b.entries()) and len(a)
+        for uid, view in a.entries():
+            x, y = a.get(uid, view), b.get(uid, view)
+            assert x.keys() == y.keys() and all(torch.equal(x[m], y[m]) for m in x), (uid, view)
+    for name in ("teacher", "baseline", "student"):
+        want, got = load_file(str(tmp_path / "single" / f"{name}.safetensors")), \
+            load_file(str(runs[0] / f"{name}.safetensors"))
+        assert want.keys() == got.keys()
+        for k in want:
+            a, b = _without_invariant_directions(k, want[k]), _without_invariant_directions(k, got[k])
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-3, msg=lambda m, k=f"{name} {k}": f"{k}: {m}")
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert list(summary) == ["teacher", "baseline", "student"]
     assert all(len(s["subsets"]) == 15 for s in summary.values())
+
+
+def _without_invariant_directions(name: str, t: torch.Tensor) -> torch.Tensor:
+    """``t`` less the parameters whose true gradient is zero: the attention's key bias (softmax
+    ignores a shift shared by all keys) and the keypoint maps' bias (a spatial softmax likewise).
+    Their gradients are float noise, which Adam scales up to full-size steps, so they differ
+    between any two reduction orders and say nothing about the data a rank saw."""
+    if name.endswith("self_attn.in_proj_bias"):
+        n = t.numel() // 3
+        return torch.cat([t[:n], t[2 * n:]])
+    if name.endswith("keypoints.maps.bias"):
+        return t[:0]
+    return t
 
 
 def test_dropout_ramp_rises_linearly_to_the_rate(tiny_root: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """``student.dropout_ramp_epochs``: the rate climbs from p/ramp to p over the first epochs, then
     stays; 0 (the default) keeps the paper's constant rate."""
+    import actdistill.engine.clips as clips
     import actdistill.engine.karmma as karmma
 
     seen: list[float] = []
-    real = karmma.modality_dropout
+    real = clips.modality_dropout
 
     def spy(present, p, gen):  # type: ignore[no-untyped-def]
         seen.append(round(float(p), 4))
         return real(present, p, gen)
 
-    monkeypatch.setattr(karmma, "modality_dropout", spy)
+    monkeypatch.setattr(clips, "modality_dropout", spy)  # drawn per sample by the training loader
     for ramp, want in ((2, [0.25, 0.5]), (0, [0.5])):
         seen.clear()
         cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY,
@@ -152,7 +217,7 @@ def test_evaluate_row_encodes_once_with_the_same_results(tiny_root: Path, tmp_pa
     pipe = KarmmaPipeline(cfg, tmp_path)
     pipe.load_data()
     model = pipe.train_row("baseline_delta", None)
-    whole = pipe.evaluate("whole", lambda inp, pr: model(inp, pr)["logits"], pipe.test_clips)
+    whole = pipe.evaluate("whole", lambda inp, pr: model(inp, pr)["logits"], pipe.test_split)
     once = pipe.evaluate_row("once", model)
     assert once["subsets"] == whole["subsets"] and once["drop_curve"] == whole["drop_curve"]
     for task, logits in whole["full"]["logits"].items():
@@ -307,13 +372,16 @@ def test_teacher_logits_for_all_modalities_are_computed_once(tiny_root: Path, tm
     ext = pipe.build_extractors()
     pipe.teacher_tokens(ext)
     teacher = pipe.train_teacher(ext)
+    from actdistill.engine.clips import CollateViews, ViewDataset
+
     fixed = pipe.teacher_logits_all(teacher)
-    assert len(fixed) == len(pipe.train_clips)
-    idx = torch.tensor([2, 0, 1])
-    step = pipe._teacher_step(teacher, pipe.train_tokens[0].batch(idx)["inputs"], pipe.train_clips[0].present[idx])
+    assert len(fixed) == len(pipe.train_split) and fixed.views == pipe.train_split.views
+    rows = [2, 0, 1]
+    ds = ViewDataset(pipe.train_split, 0, {"teacher_tokens": pipe.train_tokens, "teacher_logits": fixed})
+    b = CollateViews(pipe.train_split, ds.extra)([ds[i] for i in rows])
+    step = pipe._teacher_step(teacher, b["teacher_tokens"], b["present"])
     for t, v in step.items():
-        assert fixed[0][t].shape[0] == len(pipe.train_clips[0])
-        torch.testing.assert_close(fixed[0][t][idx], v, rtol=0, atol=1e-5)
+        torch.testing.assert_close(b["teacher_logits"][t], v, rtol=0, atol=1e-5)
 
 
 def test_init_unimodal_starts_every_fused_row_from_the_fits(tiny_root: Path, tmp_path: Path,

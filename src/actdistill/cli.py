@@ -92,6 +92,20 @@ def _add_karmma(sub: argparse._SubParsersAction) -> None:
     add_plan_arguments(s, "configs/karmma/epic_kitchens_100.yaml")
     s.set_defaults(func=cmd_karmma_plan)
 
+    p = sub.add_parser("extract", help="decode clips and cache the frozen teacher's tokens (one shard of them)",
+                       description="The KARMMA caching stages on their own: decode the fixed views of the train "
+                       "and test splits and run the teacher's frozen extractors over them, writing both caches "
+                       "under cache.root. With --shard i/N only the i-th of N interleaved shares is done, so N "
+                       "independent jobs (a SLURM array) fill the caches together; `karmma train` then reuses "
+                       "them. Extractors that need a unimodal fit must be fitted first (`actdistill unimodal "
+                       "fit`, after every shard decoded its clips): until then only the clips are extracted.")
+    p.add_argument("experiment", nargs="?", help="experiment YAML (e.g. configs/karmma/epic_kitchens_100.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. cache.root=/scratch/cache")
+    p.add_argument("--shard", default=None, metavar="i/N", help="do share i of N (0-based), e.g. "
+                   "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; default: all of it (or this rank's "
+                   "share under torchrun)")
+    p.set_defaults(func=cmd_extract)
+
     p = sub.add_parser("unimodal", help="fit unimodal extractors (teacher, and student init)",
                        description="Train the teacher's unimodal extractors that have no pretrained weights, and "
                                    "the student encoders listed in student.init_unimodal.")
@@ -202,6 +216,20 @@ def cmd_karmma_train(args: argparse.Namespace) -> int:
     run_karmma(cfg, run_dir)
     if is_main():  # rank 0 wrote the report
         print((run_dir / "report.md").read_text())
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from actdistill.config import build_config
+    from actdistill.engine.clips import Shard
+    from actdistill.engine.karmma import KarmmaConfig, extract
+
+    experiment, overrides = _split_experiment(args.experiment, args.overrides)
+    cfg = build_config(KarmmaConfig, experiment, overrides)
+    shard = Shard.parse(args.shard) if args.shard else None
+    report = extract(cfg, shard)
+    for line in report:
+        print(line)
     return 0
 
 

@@ -102,7 +102,7 @@ def _setup(experiment: str | None, overrides: list[str], name: str, text: str | 
         print(f"run directory: {run_dir}", flush=True)
         return run_dir
 
-    return cfg, from_main(setup)
+    return cfg, from_main(setup, cfg.run.dist_timeout_min)
 
 
 def _finish(run_dir: Path, t0: float) -> int:

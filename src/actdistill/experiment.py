@@ -19,6 +19,7 @@ class RunConfig:
     resume: str | None = None  # an existing run directory to continue
     progress: bool = True
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    dist_timeout_min: float = 30.0  # torchrun: how long a rank may wait at a barrier or all-reduce
 
 
 @dataclass

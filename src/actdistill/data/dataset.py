@@ -1,6 +1,6 @@
 """A torch Dataset over adapter segments: sample frames once, read each modality, transform alike.
 
-Per sample: one RNG seeded by (seed, epoch, index) so runs are reproducible and independent of
+Per sample: one RNG seeded by (seed, epoch, uid) so runs are reproducible and independent of
 worker count; one temporal draw ``[views, T]`` shared by every modality; one spatial draw shared
 by every spatial modality and the box coordinates. Outputs per modality are ``[V, T, ...]``.
 
@@ -12,6 +12,7 @@ is never returned with zero modalities.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -64,7 +65,11 @@ class MultimodalDataset(Dataset):
         self.epoch = epoch
 
     def rng_for(self, i: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, i, int(self.train)])
+        """Sample ``i``'s draws (frames, crop, flip) in this epoch, keyed by its uid, not its position:
+        the same clip whatever subset, shard or worker reads it, so the frames a frozen teacher saw
+        when its tokens were cached can be decoded again for the student ("consistent teaching")."""
+        uid = int.from_bytes(hashlib.blake2b(self.segments[i].uid.encode(), digest_size=8).digest(), "little")
+        return np.random.default_rng([self.seed, self.epoch, uid, int(self.train)])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         seg = self.segments[i]

@@ -1,65 +1,86 @@
-"""Fixed views of a split held as tensors: decoded once (cached on disk), reused by every stage.
+"""Fixed views of a split on disk, read one sample at a time: decoded once, reused by every stage.
 
-KARMMA trains several models (unimodal extractors, the teacher fusion, four or more student
-rows) on the same data. Decoding videos, flow and audio for each of them would dominate the run
-on a CPU, so each split is decoded once into ``views`` fixed views per sample (training views
-keep their random crops/flips, drawn with the dataset's per-sample seeds, so view ``k`` of a
-sample is reproducible) and stored in a :class:`~actdistill.engine.cache.FeatureCache`. The
-frozen teacher's tokens are computed from exactly these views, so teacher and student always see
-the same frames and crops ("consistent teaching").
+KARMMA trains several models (unimodal extractors, the teacher fusion, three or more student
+rows) on the same data. Decoding videos, flow and audio for each of them would dominate a CPU
+run, so each split is decoded once into ``views`` fixed views per sample and written to a
+:class:`~actdistill.engine.cache.FeatureCache`; the frozen teacher's tokens are computed from
+exactly these views and cached beside them ("consistent teaching": view ``k`` of sample ``s`` is
+a pure function of ``(data.seed, uid, k)``, see :meth:`MultimodalDataset.rng_for`).
+
+Nothing here holds a split in memory. A :class:`CachedSplit` keeps only uids, labels and the
+presence mask (bytes per sample) and reads a sample's tensors when a batch asks for them, through
+a ``DataLoader`` (workers, pinned memory) whose batch sampler gives each rank its share
+(:class:`EpochBatches`). Where a cache is provably small (``cache.in_memory_mb``) its shards are
+held in memory instead: the same code path, without the disk reads.
+
+Every rank works: decoding and extraction walk the samples in fixed chunks, and chunk ``c``
+belongs to shard ``c % N`` (:class:`Shard`), which writes it as its own cache writer. Because a
+chunk is the same batch whoever computes it, N shards produce bit-identical tensors to one
+process, and a killed shard resumes by skipping the chunks it had written.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm import tqdm
 
 from actdistill.config import to_dict
 from actdistill.data.batch import Collate
 from actdistill.data.builder import DataConfig, build_dataset
-from actdistill.data.records import DatasetIndex
+from actdistill.data.records import DataError, DatasetIndex
+from actdistill.distill.dropout import modality_dropout
 from actdistill.engine.cache import FeatureCache, cache_key_hash
-from actdistill.engine.distributed import is_main, rank, world_size
+from actdistill.engine.distributed import barrier, is_main, rank, world_size
+
+#: default decoding/extraction chunk (``cache.chunk``): fixed, so a chunk's batch is the same for every world size
+CHUNK = 8
 
 
-@dataclass
-class ClipTensors:
-    """One view of a split: per-modality tensors ``[N, ...]``, presence ``[N, M]``, labels, uids."""
+def stable_seed(*parts: Any) -> int:
+    """A 63-bit seed from any printable parts, equal in every process and Python session (unlike
+    ``hash``): per-sample random draws keyed by it do not depend on rank, batch or worker."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
-    modalities: tuple[str, ...]
-    inputs: dict[str, torch.Tensor]
-    present: torch.Tensor
-    labels: dict[str, torch.Tensor]
-    uids: list[str]
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    def __len__(self) -> int:
-        return len(self.uids)
+@dataclass(frozen=True)
+class Shard:
+    """Share ``index`` of ``count`` of a stage's work (a torchrun rank, or one job of a SLURM array)."""
 
-    def batch(self, idx: torch.Tensor) -> dict[str, Any]:
-        return {
-            "inputs": {m: x.index_select(0, idx).float() for m, x in self.inputs.items()},
-            "present": self.present.index_select(0, idx),
-            "labels": {t: y.index_select(0, idx) for t, y in self.labels.items()},
-            "index": idx,
-        }
+    index: int = 0
+    count: int = 1
 
-    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                shard: bool = True) -> Iterator[dict[str, Any]]:
-        """Mini-batches; under DDP each rank takes its own slice of the (shared-seed) permutation."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        if shard and world_size() > 1:
-            w = world_size()
-            order = order[: len(order) - len(order) % w][rank()::w]  # equal step counts on every rank
-        for i in range(0, len(order), batch_size):
-            yield self.batch(order[i:i + batch_size])
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: need 0 <= i < N")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"i/N"`` (0-based ``i``), as ``actdistill extract --shard`` takes it."""
+        try:
+            i, n = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard {text!r}: expected i/N, e.g. 0/8") from None
+        return cls(i, n)
+
+    @classmethod
+    def of_rank(cls) -> Shard:
+        return cls(rank(), world_size())
+
+    @property
+    def writer(self) -> str:
+        """Cache writer name: one file set per shard, so shards never write the same file."""
+        return "main" if self.count == 1 else f"shard{self.index}of{self.count}"
+
+    def owns(self, chunk: int) -> bool:
+        return chunk % self.count == self.index
 
 
 def data_stamp(data: DataConfig) -> str:
@@ -88,85 +109,321 @@ def clip_cache_key(data: DataConfig, split: str, train: bool) -> dict[str, Any]:
     for k in ("batch_size", "num_workers", "train_split", "val_split", "test_split"):
         d.pop(k, None)
     d["options"] = {k: v for k, v in d.get("options", {}).items() if k != "generate"}  # whether to write, not what
-    return {"kind": "clips", "data": d, "files": data_stamp(data), "split": split, "train": train}
+    return {"kind": "clips", "data": d, "files": data_stamp(data), "split": split, "train": train,
+            "view_seed": "uid"}
 
 
-def _fill(cache: FeatureCache, data: DataConfig, split: str, train: bool, views: int, index: DatasetIndex,
-          progress: bool) -> int:
-    ds = build_dataset(data, split, train, index=index)
-    todo_total = 0
-    for view in range(views):
-        todo = [i for i, seg in enumerate(ds.segments) if (seg.uid, view) not in cache]
-        if not todo:
-            continue
-        todo_total += len(todo)
-        ds.set_epoch(view)
-        loader = DataLoader(Subset(ds, todo), batch_size=8, num_workers=data.num_workers,
-                            collate_fn=Collate(ds.modalities))
-        bar = tqdm(loader, desc=f"decoding {split} view {view + 1}/{views}", unit="batch", leave=False,
-                   disable=not (progress and is_main()))
-        for batch in bar:
-            for i, uid in enumerate(batch["uid"]):
-                tensors = {m: batch[m][i, 0] for j, m in enumerate(batch["modalities"])
-                           if m in batch and batch["present"][i, j]}
-                cache.add(uid, view, tensors)
-        cache.flush()
-    return todo_total
+# ------------------------------------------------------------------------------------------- reading
+class CachedSplit:
+    """The ``views`` views of one split's samples in a :class:`FeatureCache`, read lazily.
+
+    Holds uids, labels and presence (a few bytes per sample); tensors are read per sample. Only
+    samples with every view cached are listed (a sample whose decoding was skipped is left out
+    and counted in ``skipped``). ``present[i]`` is what view 0 of sample ``i`` holds; a batch's
+    own presence comes from the entries it read (:class:`CollateViews`).
+
+    ``positions[i]``: sample ``i``'s place in the dataset index (``positions`` given: the places of
+    ``uids``), which fixes its work chunk (``position // CHUNK``) whichever samples are cached."""
+
+    def __init__(self, cache: FeatureCache, uids: Sequence[str], labels: Mapping[str, Sequence[int]] | None,
+                 modalities: Sequence[str], views: int, skipped: int = 0,
+                 positions: Sequence[int] | None = None) -> None:
+        self.cache = cache
+        self.modalities = tuple(modalities)
+        self.views = views
+        keep = [i for i, u in enumerate(uids) if all((u, v) in cache for v in range(views))]
+        self.uids = [uids[i] for i in keep]
+        self.positions = [int(positions[i]) if positions is not None else i for i in keep]
+        self.labels = {t: torch.tensor([int(y[i]) for i in keep], dtype=torch.long) for t, y in (labels or {}).items()}
+        self.skipped = skipped + len(uids) - len(keep)
+        self.present = torch.zeros(len(self.uids), len(self.modalities), dtype=torch.bool)
+        for i, u in enumerate(self.uids):
+            names = cache.names(u, 0)
+            for j, m in enumerate(self.modalities):
+                self.present[i, j] = m in names
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for j, m in enumerate(self.modalities):
+            rows = self.present[:, j].nonzero()
+            if len(rows):
+                self.shapes[m] = tuple(cache.get(self.uids[int(rows[0])], 0)[m].shape)
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def item(self, i: int, view: int) -> dict[str, torch.Tensor]:
+        return self.cache.get(self.uids[i], view)
+
+    def rows_with(self, modality: str) -> list[int]:
+        return self.present[:, self.modalities.index(modality)].nonzero().squeeze(1).tolist()
 
 
-def load_clips(data: DataConfig, split: str, train: bool, views: int, cache_root: str, index: DatasetIndex,
-               progress: bool = True) -> list[ClipTensors]:
-    """Decode (or read from cache) ``views`` views of every sample of ``split``; one ClipTensors per view."""
-    cache = FeatureCache(cache_root, f"clips-{split}", clip_cache_key(data, split, train))
-    if is_main():
-        _fill(cache, data, split, train, views, index, progress)
-    cache = FeatureCache(cache_root, f"clips-{split}", clip_cache_key(data, split, train))
-    cache.preload()
+def open_split(cache: FeatureCache, index: DatasetIndex, modalities: Sequence[str], views: int,
+               in_memory_mb: float) -> CachedSplit:
+    """A :class:`CachedSplit` over ``index``'s samples; shards held in memory when the cache is at
+    most ``in_memory_mb`` on disk (the fast path for small data, same code otherwise)."""
     tasks = sorted({t for s in index.segments for t in s.labels})
-    out = []
-    for view in range(views):
-        segs = [s for s in index.segments if (s.uid, view) in cache]
-        entries = [cache.get(s.uid, view) for s in segs]
-        out.append(stack_entries(tuple(data.modalities), entries, segs, tasks,
-                                 extra={"skipped": len(index.segments) - len(segs)}))
+    labels = {t: [s.labels.get(t, -1) for s in index.segments] for t in tasks}
+    split = CachedSplit(cache, [s.uid for s in index.segments], labels, modalities, views)
+    if cache.nbytes() <= in_memory_mb * 2**20:
+        cache.preload()
+    return split
+
+
+# ---------------------------------------------------------------------------------------- batching
+@dataclass(frozen=True)
+class Dropout:
+    """Per-sample modality dropout with rate ``p``: sample ``i``'s mask in ``epoch`` is a pure
+    function of ``(seed, epoch, uid)``, so it is the same whichever rank, batch or worker draws it
+    (exact resume, and DDP equal to one process)."""
+
+    p: float
+    seed: int
+
+
+class ViewDataset(Dataset):
+    """Sample ``rows[k]`` of ``split`` in view ``view``, with the same view of ``extra`` splits
+    (e.g. the frozen teacher's cached tokens or logits for exactly these frames)."""
+
+    def __init__(self, split: CachedSplit, view: int, extra: Mapping[str, CachedSplit] | None = None,
+                 rows: Sequence[int] | None = None, dropout: Dropout | None = None, epoch: int = 0) -> None:
+        self.split = split
+        self.view = view
+        self.extra = dict(extra or {})
+        self.rows = list(range(len(split))) if rows is None else list(rows)
+        self.dropout = dropout
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        i = self.rows[k]
+        item: dict[str, Any] = {"index": i, "inputs": self.split.item(i, self.view),
+                                "labels": {t: y[i] for t, y in self.split.labels.items()}}
+        for name, other in self.extra.items():
+            item[name] = other.item(i, self.view)
+        if self.dropout is not None and self.dropout.p > 0:
+            present = torch.tensor([[m in item["inputs"] for m in self.split.modalities]])
+            gen = torch.Generator().manual_seed(stable_seed(self.dropout.seed, self.epoch, self.split.uids[i]))
+            item["mask"] = modality_dropout(present, self.dropout.p, gen)[0]
+        return item
+
+
+def _stack(items: Sequence[Mapping[str, torch.Tensor]], modalities: Sequence[str],
+           shapes: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per modality ``[B, ...]`` float32 with zeros where absent, and the ``[B, M]`` presence."""
+    present = torch.tensor([[m in it for m in modalities] for it in items], dtype=torch.bool)
+    out: dict[str, torch.Tensor] = {}
+    for j, m in enumerate(modalities):
+        if m not in shapes:
+            continue
+        if bool(present[:, j].all()):
+            out[m] = torch.stack([it[m] for it in items]).float()
+            continue
+        x = torch.zeros((len(items), *shapes[m]), dtype=torch.float32)
+        for i, it in enumerate(items):
+            if m in it:
+                x[i] = it[m]
+        out[m] = x
+    return out, present
+
+
+class CollateViews:
+    """Collate :class:`ViewDataset` items into the batch dict every stage reads: ``inputs``,
+    ``present``, ``labels``, ``index`` (rows of the split), ``mask`` (after dropout, if drawn) and
+    one dict per extra split (``teacher_tokens``, ``teacher_logits``). A picklable class, so
+    DataLoader workers can use it."""
+
+    def __init__(self, split: CachedSplit, extra: Mapping[str, CachedSplit] | None = None) -> None:
+        self.modalities = split.modalities
+        self.shapes = dict(split.shapes)
+        self.extra_shapes = {k: dict(v.shapes) for k, v in (extra or {}).items()}
+        self.extra_mods = {k: v.modalities for k, v in (extra or {}).items()}
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        inputs, present = _stack([it["inputs"] for it in items], self.modalities, self.shapes)
+        batch: dict[str, Any] = {
+            "inputs": inputs, "present": present,
+            "labels": {t: torch.stack([torch.as_tensor(it["labels"][t]) for it in items]) for t in items[0]["labels"]},
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+        }
+        if "mask" in items[0]:
+            batch["mask"] = torch.stack([it["mask"] for it in items])
+        for name, shapes in self.extra_shapes.items():
+            batch[name], _ = _stack([it[name] for it in items], self.extra_mods[name], shapes)
+        return batch
+
+
+class AllViewsDataset(Dataset):
+    """Every view of sample ``rows[k]`` (evaluation averages the logits of a sample's test views)."""
+
+    def __init__(self, split: CachedSplit, rows: Sequence[int] | None = None) -> None:
+        self.split = split
+        self.views = [ViewDataset(split, v, rows=rows) for v in range(split.views)]
+
+    def __len__(self) -> int:
+        return len(self.views[0])
+
+    def __getitem__(self, k: int) -> list[dict[str, Any]]:
+        return [v[k] for v in self.views]
+
+
+class CollateAllViews:
+    """Collate :class:`AllViewsDataset` items: ``views`` (one input dict per view), and
+    ``present``, ``labels``, ``index`` of view 0."""
+
+    def __init__(self, split: CachedSplit) -> None:
+        self.one = CollateViews(split)
+
+    def __call__(self, items: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+        per = [self.one([it[v] for it in items]) for v in range(len(items[0]))]
+        return {"views": [b["inputs"] for b in per], "present": per[0]["present"], "labels": per[0]["labels"],
+                "index": per[0]["index"]}
+
+
+def eval_loader(split: CachedSplit, batch_size: int, workers: int = 0) -> DataLoader:
+    """All of ``split`` in order, every view of a sample in one batch entry, not sharded."""
+    return DataLoader(AllViewsDataset(split), batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=CollateAllViews(split))
+
+
+class EpochBatches(Sampler[list[int]]):
+    """This rank's batches of one epoch, as lists of dataset positions.
+
+    The epoch's order is a permutation seeded by ``(seed, epoch)``, cut into global batches of
+    ``batch_size * world`` samples; rank ``r`` takes the ``r``-th contiguous slice of each, so
+    ``W`` ranks at batch ``B`` see exactly the samples one process sees at batch ``W * B`` (the
+    gradients DDP averages are that process's). A last, short global batch is split evenly
+    (its remainder below ``W`` samples is left out, as every rank must take the same number of
+    steps). ``start``: skip the first batches (exact resume inside an epoch).
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0,
+                 world: int = 1, start: int = 0) -> None:
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.seed, self.epoch, self.rank, self.world, self.start = seed, epoch, rank, world, start
+
+    def _batches(self) -> list[list[int]]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(stable_seed(self.seed, "order", self.epoch))
+            order = torch.randperm(self.n, generator=gen).tolist()
+        else:
+            order = list(range(self.n))
+        step = self.batch_size * self.world
+        out = []
+        for s in range(0, self.n, step):
+            chunk = order[s:s + step]
+            per = len(chunk) // self.world
+            if per == 0:
+                break
+            out.append(chunk[self.rank * per:(self.rank + 1) * per])
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches()[self.start:])
+
+    def __len__(self) -> int:
+        return max(0, len(self._batches()) - self.start)
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int | None = None) -> int:
+    """Optimizer steps each rank takes per epoch over ``n`` samples (what the LR schedule counts)."""
+    return len(EpochBatches(n, batch_size, False, 0, 0, 0, world_size() if world is None else world))
+
+
+def make_loader(dataset: ViewDataset, batch_size: int, shuffle: bool, seed: int, epoch: int, workers: int,
+                start: int = 0, shard: bool = True) -> DataLoader:
+    """A DataLoader over ``dataset`` for one epoch: this rank's :class:`EpochBatches`, collated
+    by :class:`CollateViews`, read by ``workers`` processes with pinned memory on CUDA."""
+    sampler = EpochBatches(len(dataset), batch_size, shuffle, seed, epoch,
+                           rank() if shard else 0, world_size() if shard else 1, start)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=CollateViews(dataset.split, dataset.extra),
+                      num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=False, prefetch_factor=2 if workers > 0 else None)
+
+
+# ----------------------------------------------------------------------------------- writing (sharded)
+def _chunks(positions: Sequence[int], chunk: int) -> dict[int, list[int]]:
+    """Rows grouped by work chunk (``position // chunk``), chunks in order."""
+    out: dict[int, list[int]] = {}
+    for i, pos in enumerate(positions):
+        out.setdefault(pos // chunk, []).append(i)
     return out
 
 
-def stack_entries(modalities: tuple[str, ...], entries: Sequence[Mapping[str, torch.Tensor]], segs: Sequence[Any],
-                  tasks: Sequence[str], extra: dict[str, Any] | None = None,
-                  storage: torch.dtype = torch.float16) -> ClipTensors:
-    n = len(entries)
-    present = torch.zeros(n, len(modalities), dtype=torch.bool)
-    inputs: dict[str, torch.Tensor] = {}
-    for j, m in enumerate(modalities):
-        ref = next((e[m] for e in entries if m in e), None)
-        if ref is None:
+def decode_clips(data: DataConfig, split: str, train: bool, views: int, index: DatasetIndex, cache_root: str,
+                 shard: Shard, progress: bool = True, chunk: int = CHUNK) -> int:
+    """Decode this shard's missing chunks of ``views`` views of ``split`` into the clip cache.
+
+    Returns how many (sample, view) entries this call decoded. Samples whose every modality
+    failed to read (``data.on_error: skip``) are left out and stay missing."""
+    key = clip_cache_key(data, split, train)
+    ds = build_dataset(data, split, train, index=index)
+    place = {s.uid: p for p, s in enumerate(index.segments)}
+    chunks = _chunks([place[s.uid] for s in ds.segments], chunk)
+    done = 0
+    with FeatureCache(cache_root, f"clips-{split}", key, writer=shard.writer) as cache:
+        for view in range(views):
+            ds.set_epoch(view)
+            todo = [i for c, rows in chunks.items() if shard.owns(c)
+                    for i in rows if (ds.segments[i].uid, view) not in cache]
+            if not todo:
+                continue
+            done += len(todo)
+            loader = DataLoader(Subset(ds, todo), batch_size=chunk, num_workers=data.num_workers,
+                                collate_fn=Collate(ds.modalities))
+            bar = tqdm(loader, desc=f"decoding {split} view {view + 1}/{views}", unit="batch", leave=False,
+                       disable=not (progress and is_main()))
+            for batch in bar:
+                for i, uid in enumerate(batch["uid"]):
+                    tensors = {m: batch[m][i, 0] for j, m in enumerate(batch["modalities"])
+                               if m in batch and batch["present"][i, j]}
+                    cache.add(uid, view, tensors)
+            cache.flush()
+    return done
+
+
+def map_split(split: CachedSplit, fn: Callable[[dict[str, torch.Tensor], torch.Tensor], dict[str, torch.Tensor]],
+              out: FeatureCache, shard: Shard, desc: str, progress: bool, workers: int = 0,
+              chunk: int = CHUNK) -> int:
+    """Write ``fn(inputs, present)`` (e.g. the frozen extractors' tokens) for every view of this
+    shard's chunks of ``split`` into ``out``, skipping chunks already there. Chunks are the same
+    fixed batches for every shard count, so the tensors do not depend on how the work was split.
+    Returns how many entries were written."""
+    written = 0
+    mods = split.modalities
+    for view in range(split.views):
+        mine = [rows for c, rows in _chunks(split.positions, chunk).items() if shard.owns(c)
+                and any((split.uids[i], view) not in out for i in rows)]
+        if not mine:
             continue
-        x = torch.zeros((n, *ref.shape), dtype=storage)
-        for i, e in enumerate(entries):
-            if m in e:
-                x[i] = e[m].to(storage)
-                present[i, j] = True
-        inputs[m] = x
-    labels = {t: torch.tensor([s.labels.get(t, -1) for s in segs], dtype=torch.long) for t in tasks}
-    return ClipTensors(modalities, inputs, present, labels, [s.uid for s in segs], extra or {})
+        ds = ViewDataset(split, view)
+        loader = DataLoader(ds, batch_sampler=mine, collate_fn=CollateViews(split), num_workers=workers)
+        for b in tqdm(loader, desc=f"{desc} view {view + 1}/{split.views}", unit="batch", leave=False,
+                      disable=not (progress and is_main())):
+            with torch.no_grad():
+                res = fn(b["inputs"], b["present"])
+            for r, i in enumerate(b["index"].tolist()):
+                uid = split.uids[i]
+                if (uid, view) in out:
+                    continue
+                out.add(uid, view, {k: v[r] for k, v in res.items()  # a modality's output only where present
+                                    if k not in mods or b["present"][r, mods.index(k)]})
+                written += 1
+        out.flush()
+    return written
 
 
-def map_clips(clips: ClipTensors, fn: Callable[[dict[str, torch.Tensor], torch.Tensor], dict[str, torch.Tensor]],
-              batch_size: int, desc: str, progress: bool, dtype: torch.dtype = torch.float16) -> ClipTensors:
-    """Apply ``fn(inputs, present) -> tokens`` over all rows (e.g. frozen extractors), keeping row order.
-
-    Outputs are stored as ``dtype``: half precision for the on-disk feature caches, ``float32``
-    where the tokens are consumed at once and must match the unmapped model exactly.
-    """
-    parts: dict[str, list[torch.Tensor]] = {}
-    order = torch.arange(len(clips))
-    steps = range(0, len(clips), batch_size)
-    for i in tqdm(steps, desc=desc, unit="batch", leave=False, disable=not (progress and is_main())):
-        b = clips.batch(order[i:i + batch_size])
-        with torch.no_grad():
-            out = fn(b["inputs"], b["present"])
-        for m, t in out.items():
-            parts.setdefault(m, []).append(t.to(dtype))
-    inputs = {m: torch.cat(v) for m, v in parts.items()}
-    return ClipTensors(clips.modalities, inputs, clips.present.clone(), clips.labels, clips.uids, dict(clips.extra))
+def load_clips(data: DataConfig, split: str, train: bool, views: int, cache_root: str, index: DatasetIndex,
+               progress: bool = True, in_memory_mb: float = 0.0, shard: Shard | None = None,
+               chunk: int = CHUNK) -> CachedSplit:
+    """Decode (every rank its share, or only ``shard``'s) and open ``views`` views of ``split``."""
+    shard = shard or Shard.of_rank()
+    decode_clips(data, split, train, views, index, cache_root, shard, progress, chunk)
+    barrier()
+    cache = FeatureCache(cache_root, f"clips-{split}", clip_cache_key(data, split, train))
+    out = open_split(cache, index, data.modalities, views, in_memory_mb)
+    if not len(out):
+        raise DataError(cache.dir, f"no sample of split {split!r} could be decoded "
+                                   f"({out.skipped} skipped); see `actdistill data summary`")
+    return out

@@ -2,7 +2,8 @@
 
 Under ``torchrun`` the usual environment variables are set; we initialise the process group with
 ``gloo`` on CPU and ``nccl`` on GPU. Only trainable models are wrapped in DDP; a frozen teacher
-is used as-is on every rank. Rank 0 alone writes checkpoints, caches and reports.
+is used as-is on every rank. Every rank decodes, extracts and trains its share; rank 0 alone
+writes checkpoints, logs and reports, and each rank writes its own cache files.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -34,12 +36,21 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env() -> torch.device:
-    """Initialise DDP when launched by torchrun; return the device this process should use."""
+#: minutes a collective (a barrier, a gradient all-reduce) may wait before the job fails
+DEFAULT_TIMEOUT_MIN = 30.0
+
+
+def init_from_env(timeout_min: float | None = None) -> torch.device:
+    """Initialise DDP when launched by torchrun; return the device this process should use.
+
+    ``timeout_min`` (``run.dist_timeout_min``): how long a rank may wait at a collective. Every
+    stage shares its work across ranks, so a wait is the imbalance of one stage, not a whole
+    stage done by rank 0; raise it when ranks read from a slow shared file system."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         if not is_distributed():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend=backend)
+            minutes = DEFAULT_TIMEOUT_MIN if timeout_min is None else timeout_min
+            dist.init_process_group(backend=backend, timeout=timedelta(minutes=minutes))
         if torch.cuda.is_available():
             local = int(os.environ.get("LOCAL_RANK", 0))
             torch.cuda.set_device(local)
@@ -78,13 +89,13 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value / world_size()
 
 
-def from_main(fn: Callable[[], T]) -> T:
+def from_main(fn: Callable[[], T], timeout_min: float | None = None) -> T:
     """Run ``fn`` on rank 0 only and give every rank its result (e.g. the new run directory's path).
 
     Initialises the process group first when launched by torchrun, so a job's set-up (creating a
     run directory, generating a dataset) happens once, not once per rank.
     """
-    init_from_env()
+    init_from_env(timeout_min)
     if not is_distributed():
         return fn()
     box = [fn() if is_main() else None]

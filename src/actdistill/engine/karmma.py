@@ -29,15 +29,29 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from actdistill.config import to_dict
 from actdistill.data.builder import DataConfig, load_index
-from actdistill.distill.dropout import modality_dropout
+from actdistill.data.records import DataError
 from actdistill.distill.losses import ce_loss, kd_loss
 from actdistill.engine.cache import FeatureCache, cache_key_hash
 from actdistill.engine.checkpoint import load_weights, save_weights
-from actdistill.engine.clips import ClipTensors, clip_cache_key, load_clips, map_clips, stack_entries
-from actdistill.engine.distributed import init_from_env, is_main, main_first, wrap_ddp
+from actdistill.engine.clips import (
+    CachedSplit,
+    CollateViews,
+    Dropout,
+    Shard,
+    ViewDataset,
+    clip_cache_key,
+    eval_loader,
+    load_clips,
+    make_loader,
+    map_split,
+    stable_seed,
+    steps_per_epoch,
+)
+from actdistill.engine.distributed import barrier, init_from_env, is_main, wrap_ddp
 from actdistill.engine.trainer import OptimConfig, fit
 from actdistill.evaluation.efficiency import count_parameters, profile_forward, time_fn
 from actdistill.evaluation.protocols import DROP_RATES, evaluate_missing_modalities, modality_subsets, subset_name
@@ -110,6 +124,12 @@ class StudentConfig:
 class CacheConfig:
     root: str = ".cache/actdistill"
     train_views: int = 2
+    # A cache at most this size on disk is held in memory (the fast path for small data: no disk
+    # reads per batch); larger ones are read per sample. 0: always stream from disk.
+    in_memory_mb: float = 1024.0
+    # Samples per decoding/extraction batch, and the unit of work shared out to ranks and shards.
+    # Part of the token cache key: the extractors' numerics may depend on the batch they run in.
+    chunk: int = 8
 
 
 @dataclass
@@ -333,10 +353,13 @@ def build_teacher(cfg: KarmmaConfig, modalities: tuple[str, ...], heads: dict[st
 
 # ------------------------------------------------------------------------------------------- pipeline
 class KarmmaPipeline:
-    def __init__(self, cfg: KarmmaConfig, run_dir: Path) -> None:
+    def __init__(self, cfg: KarmmaConfig, run_dir: Path | None, shard: Shard | None = None) -> None:
+        """``run_dir`` None: the caching stages only (``actdistill extract``), no run directory.
+        ``shard``: the share of decoding and extraction this process does (default: its rank's)."""
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = init_from_env()
+        self.shard = shard or Shard.of_rank()
         self.progress = cfg.run.progress
         self.modalities = tuple(cfg.data.modalities)
         self.timings: dict[str, float] = {}
@@ -344,20 +367,21 @@ class KarmmaPipeline:
 
     # ----------------------------------------------------------------------------------- data
     def load_data(self) -> None:
+        """Index both splits and decode their fixed views into the clip caches (every rank its
+        share of the chunks); the splits are then read per sample (:class:`CachedSplit`)."""
         t0 = time.perf_counter()
         data = self.cfg.data
-        with main_first():
-            self.train_index = load_index(data, data.train_split)
-            self.test_index = load_index(data, data.test_split)
+        self.train_index = load_index(data, data.train_split)
+        self.test_index = load_index(data, data.test_split)
         self.heads = _heads(self.train_index.classes, self.cfg.action_head)
         self.classes = self.train_index.classes
-        root = self.cfg.cache.root
-        with main_first():  # rank 0 decodes and caches; the others then read the cache
-            self.train_clips = load_clips(data, data.train_split, True, self.cfg.cache.train_views, root,
-                                          self.train_index, self.progress)
-            self.test_clips = load_clips(data, data.test_split, False, data.sampling.test_views, root,
-                                         self.test_index, self.progress)
-        labels = self.test_clips[0].labels
+        root, mem = self.cfg.cache.root, self.cfg.cache.in_memory_mb
+        chunk = self.cfg.cache.chunk
+        self.train_split = load_clips(data, data.train_split, True, self.cfg.cache.train_views, root,
+                                      self.train_index, self.progress, mem, self.shard, chunk)
+        self.test_split = load_clips(data, data.test_split, False, data.sampling.test_views, root,
+                                     self.test_index, self.progress, mem, self.shard, chunk)
+        labels = self.test_split.labels
         unlabelled = [t for t in self.heads if t not in labels or not bool((labels[t] >= 0).any())]
         if unlabelled:
             raise ValueError(
@@ -365,11 +389,22 @@ class KarmmaPipeline:
                 "(EPIC-KITCHENS-100's test split is unlabelled: its results go to the challenge server); "
                 "evaluate on a labelled split, e.g. data.test_split=validation")
         self.timings["data"] = time.perf_counter() - t0
-        if is_main():
+        if is_main() and self.run_dir is not None:
             write_model_info(self.run_dir, self.modalities, self.heads, self.classes, self.cfg.action_head,
-                             {m: list(x.shape[1:]) for m, x in self.test_clips[0].inputs.items()})
-        _log(f"data: {len(self.train_clips[0])} train clips x {len(self.train_clips)} views, "
-             f"{len(self.test_clips[0])} test clips, tasks {self.heads} ({self.timings['data']:.1f}s)")
+                             {m: list(shape) for m, shape in self.test_split.shapes.items()})
+        _log(f"data: {len(self.train_split)} train clips x {self.train_split.views} views, "
+             f"{len(self.test_split)} test clips, tasks {self.heads} ({self.timings['data']:.1f}s)")
+
+    def loader(self, split: CachedSplit, stage: str, epoch: int, start: int, batch_size: int,
+               extra: dict[str, CachedSplit] | None = None, rows: list[int] | None = None,
+               dropout: float = 0.0) -> Any:
+        """This rank's batches of training epoch ``epoch`` of ``stage`` from batch ``start`` on:
+        view ``epoch % views`` of ``split`` (and of ``extra``), in an order seeded by (run.seed,
+        stage, epoch), modality dropout ``dropout`` drawn per sample (see :class:`Dropout`)."""
+        seed = stable_seed(self.cfg.run.seed, stage)
+        drop = Dropout(dropout, stable_seed(self.cfg.run.seed, stage, "dropout")) if dropout > 0 else None
+        ds = ViewDataset(split, epoch % split.views, extra, rows=rows, dropout=drop, epoch=epoch)
+        return make_loader(ds, batch_size, True, seed, epoch, self.cfg.data.num_workers, start)
 
     # ---------------------------------------------------------------------------- unimodal fit
     def _unimodal_key(self, m: str, spec: ModelSpec) -> dict[str, Any]:
@@ -385,6 +420,11 @@ class KarmmaPipeline:
                 "views": self.cfg.cache.train_views,
                 "clips": clip_cache_key(self.cfg.data, self.cfg.data.train_split, True)}
 
+    def unimodal_file(self, m: str, spec: ModelSpec) -> tuple[Path, dict[str, Any]]:
+        """Where the fit of modality ``m``'s encoder of ``spec`` is cached, and its key."""
+        key = self._unimodal_key(m, spec)
+        return Path(self.cfg.cache.root) / "unimodal" / f"{m}-{cache_key_hash(key)}.safetensors", key
+
     def fit_unimodal(self, m: str, spec: ModelSpec | None = None, label: str = "unimodal") -> Path:
         """Train modality ``m``'s encoder of ``spec`` (default: the teacher's) alone, with a
         classifier on its mean token (or reuse a cached fit); returns the encoder's weights file.
@@ -393,118 +433,118 @@ class KarmmaPipeline:
         asked: a student encoder configured like the teacher's extractor reuses the teacher's fit.
         ``label`` names the fit in logs and timings (``{label}_{m}``)."""
         spec = spec if spec is not None else self.cfg.teacher.model
-        key = self._unimodal_key(m, spec)
-        out = Path(self.cfg.cache.root) / "unimodal" / f"{m}-{cache_key_hash(key)}.safetensors"
+        out, key = self.unimodal_file(m, spec)
         if out.exists():
             _log(f"{label} {m}: reusing {out}")
             return out
         name, opts = _spec_opts(spec, m)
         torch.manual_seed(self.cfg.run.seed)
-        model = UnimodalClassifier(build_encoder(name, modality=m, **opts), self.heads).to(self.device)
-        j = self.modalities.index(m)
-        views = [self._rows_with(c, j) for c in self.train_clips]
+        net = UnimodalClassifier(build_encoder(name, modality=m, **opts), self.heads).to(self.device)
+        model = wrap_ddp(net, self.device)
+        rows = self.train_split.rows_with(m)
         ocfg = self.cfg.teacher.unimodal_optim
-        gen = torch.Generator().manual_seed(self.cfg.run.seed)
+        # The stage name carries the key: a student fit must not resume from the teacher's checkpoints.
+        stage = f"unimodal_{m}_{cache_key_hash(key)[:8]}"
 
-        def batches(epoch: int):
-            return views[epoch % len(views)].batches(ocfg.batch_size, shuffle=True, generator=gen)
+        def batches(epoch: int, start: int = 0):
+            return self.loader(self.train_split, stage, epoch, start, ocfg.batch_size, rows=rows)
 
         def step(b: dict[str, Any]) -> dict[str, torch.Tensor]:
             logits = model(b["inputs"][m].to(self.device))
             return ce_loss(logits, {t: y.to(self.device) for t, y in b["labels"].items()})
 
-        steps = -(-len(views[0]) // ocfg.batch_size)
         t0 = time.perf_counter()
-        # The stage name carries the key: a student fit must not resume from the teacher's checkpoints.
-        stage = f"unimodal_{m}_{cache_key_hash(key)[:8]}"
-        hist = fit(model, step, batches, steps, ocfg, self.run_dir, stage, self.progress)["history"]
+        hist = fit(model, step, batches, steps_per_epoch(len(rows), ocfg.batch_size), ocfg, self.run_dir, stage,
+                   self.progress)["history"]
         took = self.timings[f"{label}_{m}"] = time.perf_counter() - t0
-        acc = self._unimodal_accuracy(model, m)
+        acc = self._unimodal_accuracy(net, m)
         _log(f"{label} {m}: loss {hist[-1]['loss']:.3f}, test top-1 {acc} ({took:.1f}s)")
         if is_main():
             out.parent.mkdir(parents=True, exist_ok=True)
-            save_weights(model.encoder, out, metadata={"modality": m, "key": json.dumps(key, default=str)})
+            save_weights(net.encoder, out, metadata={"modality": m, "key": json.dumps(key, default=str)})
+        barrier()  # every rank loads the fit next
         return out
-
-    @staticmethod
-    def _rows_with(clips: ClipTensors, j: int) -> ClipTensors:
-        idx = clips.present[:, j].nonzero().squeeze(1)
-        return ClipTensors(clips.modalities, {k: v[idx] for k, v in clips.inputs.items()}, clips.present[idx],
-                           {t: y[idx] for t, y in clips.labels.items()}, [clips.uids[i] for i in idx.tolist()])
 
     def _unimodal_accuracy(self, model: UnimodalClassifier, m: str) -> dict[str, float]:
         from actdistill.evaluation.metrics import score
 
         model.eval()
-        clips = self._rows_with(self.test_clips[0], self.modalities.index(m))
+        rows = self.test_split.rows_with(m)
+        ds = ViewDataset(self.test_split, 0, rows=rows)
+        loader = make_loader(ds, self.cfg.eval.batch_size, False, 0, 0, self.cfg.data.num_workers, shard=False)
         logits: dict[str, list[torch.Tensor]] = {}
         with torch.no_grad():
-            for b in clips.batches(64, shard=False):
+            for b in loader:
                 for t, v in model(b["inputs"][m].to(self.device)).items():
                     logits.setdefault(t, []).append(v.cpu())
-        s = score({t: torch.cat(v) for t, v in logits.items()}, clips.labels)
+        s = score({t: torch.cat(v) for t, v in logits.items()}, {t: y[rows] for t, y in self.test_split.labels.items()})
         return {k: round(v, 1) for k, v in s.items() if k.endswith("top1")}
 
     # -------------------------------------------------------------------------- teacher tokens
-    def build_extractors(self) -> dict[str, Encoder]:
+    def build_extractors(self, fit: bool = True) -> dict[str, Encoder]:
+        """The teacher's frozen extractors; those without pretrained weights are fitted first
+        (``fit=False``: a missing fit is a :class:`DataError` naming the command that makes it)."""
         ext: dict[str, Encoder] = {}
         self.extractor_ids: dict[str, Any] = {}
         for m in self.modalities:
             name, opts = _spec_opts(self.cfg.teacher.model, m)
             if m in self.cfg.teacher.fit_unimodal and not opts.get("pretrained"):
-                with main_first():  # rank 0 fits; the others find the fitted weights afterwards
-                    path = self.fit_unimodal(m)
+                path, _ = self.unimodal_file(m, self.cfg.teacher.model)
+                if not fit and not path.exists():
+                    raise DataError(path, f"the teacher's {m} extractor is not fitted yet; run `actdistill "
+                                          "unimodal fit` with this config once every clip shard is decoded")
+                path = self.fit_unimodal(m)  # every rank trains its share (DDP); all load the file
                 enc = build_encoder(name, modality=m, **opts)
                 load_weights(enc, path)
                 self.extractor_ids[m] = {"encoder": name, "options": opts, "weights": _file_hash(path)}
             else:
-                enc = build_encoder(name, modality=m, **opts)
-                self.extractor_ids[m] = {"encoder": name, "options": opts}
+                # Seeded per modality: an extractor without pretrained weights computes random
+                # features, the same ones in every process and run of this seed (its token cache is
+                # keyed by that seed).
+                seed = stable_seed(self.cfg.run.seed, "extractor", m)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    enc = build_encoder(name, modality=m, **opts)
+                self.extractor_ids[m] = {"encoder": name, "options": opts,
+                                         **({} if opts.get("pretrained") else {"init_seed": seed})}
             ext[m] = enc.freeze().to(self.device)
         return ext
 
     def teacher_tokens(self, extractors: dict[str, Encoder]) -> None:
-        """Run the frozen extractors once per sample and view; cache the tokens."""
+        """Run the frozen extractors once per sample and view and cache the tokens: every rank
+        its share of the chunks (:func:`map_split`), or only what ``actdistill extract`` left."""
         from actdistill.models.base import encode_present
 
         t0 = time.perf_counter()
-        self.token_counts: dict[str, int] = {}
+        frames = next(iter(self.train_split.shapes.values()))[0]
+        self.token_counts = {m: int(e.num_tokens(self.train_split.shapes.get(m, (frames,))[0]))
+                             for m, e in extractors.items()}
 
         def fn(inputs: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
-            tokens, counts = encode_present(extractors, self.modalities, inputs, present.to(self.device))
-            self.token_counts.update(counts)
+            tokens, _ = encode_present(extractors, self.modalities, inputs, present.to(self.device))
             return {k: v.cpu() for k, v in tokens.items()}
 
-        def tokens_for(split: str, views: list[ClipTensors]) -> list[ClipTensors]:
-            out = []
-            for k, clips in enumerate(views):
-                train = split == self.cfg.data.train_split
-                key = {"kind": "teacher_tokens", "extractors": self.extractor_ids,
-                       "clips": clip_cache_key(self.cfg.data, split, train)}
-                cache = FeatureCache(self.cfg.cache.root, f"tokens-{split}", key)
-                missing = [u for u in clips.uids if (u, k) not in cache]
-                if missing and is_main():
-                    mapped = map_clips(clips, fn, 32, f"teacher tokens {split} view {k + 1}", self.progress)
-                    for i, uid in enumerate(mapped.uids):
-                        cache.add(uid, k, {m: mapped.inputs[m][i] for j, m in enumerate(self.modalities)
-                                           if m in mapped.inputs and mapped.present[i, j]})
-                    cache.flush()
-                    cache.set_meta(token_counts=self.token_counts)
-                cache = FeatureCache(self.cfg.cache.root, f"tokens-{split}", key)
-                cache.preload()
-                self.token_counts.update(cache.meta.get("token_counts", {}))
-                segs = [_Uid(u, {t: int(clips.labels[t][i]) for t in clips.labels}) for i, u in enumerate(clips.uids)]
-                out.append(stack_entries(self.modalities, [cache.get(u, k) for u in clips.uids], segs,
-                                         list(clips.labels)))
-            return out
-
-        with main_first():
-            self.train_tokens = tokens_for(self.cfg.data.train_split, self.train_clips)
-            self.test_tokens = tokens_for(self.cfg.data.test_split, self.test_clips)
+        shard = Shard.of_rank()
+        out = []
+        d = self.cfg.data
+        for split, clips in ((d.train_split, self.train_split), (d.test_split, self.test_split)):
+            train = split == self.cfg.data.train_split
+            key = {"kind": "teacher_tokens", "extractors": self.extractor_ids, "chunk": self.cfg.cache.chunk,
+                   "clips": clip_cache_key(self.cfg.data, split, train)}
+            with FeatureCache(self.cfg.cache.root, f"tokens-{split}", key, writer=shard.writer) as cache:
+                map_split(clips, fn, cache, shard, f"teacher tokens {split}", self.progress, self.cfg.data.num_workers,
+                          self.cfg.cache.chunk)
+            barrier()
+            reader = FeatureCache(self.cfg.cache.root, f"tokens-{split}", key)
+            tokens = CachedSplit(reader, clips.uids, clips.labels, self.modalities, clips.views,
+                                 positions=clips.positions)
+            if reader.nbytes() <= self.cfg.cache.in_memory_mb * 2**20:
+                reader.preload()
+            out.append(tokens)
+        self.train_tokens, self.test_tokens = out
         self.timings["teacher_tokens"] = time.perf_counter() - t0
-        _log(f"teacher tokens cached ({self.timings['teacher_tokens']:.1f}s): "
-             f"{ {m: tuple(v.shape[1:]) for m, v in self.train_tokens[0].inputs.items()} }")
+        _log(f"teacher tokens cached ({self.timings['teacher_tokens']:.1f}s): {self.train_tokens.shapes}")
 
     # --------------------------------------------------------------------------------- teacher
     def train_teacher(self, extractors: dict[str, Encoder]) -> MultimodalRecognizer:
@@ -516,16 +556,14 @@ class KarmmaPipeline:
                               **spec.fusion).to(self.device)
         ocfg = self.cfg.teacher.optim
         p = self.cfg.teacher.modality_dropout
-        gen = torch.Generator().manual_seed(self.cfg.run.seed + 1)
-        drop_gen = torch.Generator().manual_seed(self.cfg.run.seed + 2)
         single_w = self.cfg.teacher.single_passes
         model = wrap_ddp(FusionWithSingles(fusion) if single_w > 0 else fusion, self.device)
 
-        def batches(epoch: int):
-            return self.train_tokens[epoch % len(self.train_tokens)].batches(ocfg.batch_size, True, gen)
+        def batches(epoch: int, start: int = 0):
+            return self.loader(self.train_tokens, "teacher", epoch, start, ocfg.batch_size, dropout=p)
 
         def step(b: dict[str, Any]) -> dict[str, torch.Tensor]:
-            mask = modality_dropout(b["present"], p, drop_gen) if p > 0 else b["present"]
+            mask = b.get("mask", b["present"])
             tokens = {m: x.to(self.device) for m, x in b["inputs"].items()}
             labels = {t: y.to(self.device) for t, y in b["labels"].items()}
             out = model(tokens, mask.to(self.device), self.token_counts)
@@ -535,7 +573,7 @@ class KarmmaPipeline:
                 losses["loss"] = losses["loss"] + single_w * losses["loss_single"]
             return losses
 
-        steps = -(-len(self.train_tokens[0]) // ocfg.batch_size)
+        steps = steps_per_epoch(len(self.train_tokens), ocfg.batch_size)
         fit(model, step, batches, steps, ocfg, self.run_dir, "teacher", self.progress)
         self.timings["teacher"] = time.perf_counter() - t0
         teacher = MultimodalRecognizer(extractors, fusion).eval()
@@ -569,29 +607,24 @@ class KarmmaPipeline:
                    if aux_w > 0 or single_w > 0 else model)
         ddp = wrap_ddp(trained, self.device)
         p_final = 0.0 if kind == "baseline" else scfg.modality_dropout
-        rate = {"p": p_final}
         kd = kind in ("student", "mmt")
-        gen = torch.Generator().manual_seed(self.cfg.run.seed + 1)
-        drop_gen = torch.Generator().manual_seed(self.cfg.run.seed + 2)
         ocfg = scfg.optim
         # Seeing all modalities, the frozen teacher answers each training view the same way in every
-        # epoch, whatever the student's drop: its logits are computed once instead of once per step.
-        fixed = self.teacher_logits_all(teacher) if kd and scfg.teacher_input == "all" else None
+        # epoch, whatever the student's drop: its logits are computed once (cached on disk) instead
+        # of once per step.
+        extra: dict[str, CachedSplit] = {}
+        if kd and scfg.teacher_input == "all":
+            extra["teacher_logits"] = self.teacher_logits_all(teacher)
+        elif kd:
+            extra["teacher_tokens"] = self.train_tokens
 
-        def batches(epoch: int):
-            view = epoch % len(self.train_clips)
+        def batches(epoch: int, start: int = 0):
             ramp = scfg.dropout_ramp_epochs
-            rate["p"] = p_final * min(1.0, (epoch + 1) / ramp) if ramp > 0 else p_final
-            for b in self.train_clips[view].batches(ocfg.batch_size, True, gen):
-                if fixed is not None:
-                    b["teacher_logits"] = {t: v.index_select(0, b["index"]) for t, v in fixed[view].items()}
-                elif kd:
-                    b["teacher_tokens"] = self.train_tokens[view].batch(b["index"])["inputs"]
-                yield b
+            rate = p_final * min(1.0, (epoch + 1) / ramp) if ramp > 0 else p_final
+            return self.loader(self.train_split, kind, epoch, start, ocfg.batch_size, extra, dropout=rate)
 
         def step(b: dict[str, Any]) -> dict[str, torch.Tensor]:
-            present = b["present"]
-            mask = modality_dropout(present, rate["p"], drop_gen) if rate["p"] > 0 else present
+            mask = b.get("mask", b["present"])
             inputs = {m: x.to(self.device) for m, x in b["inputs"].items()}
             labels = {t: y.to(self.device) for t, y in b["labels"].items()}
             out = ddp(inputs, mask.to(self.device))
@@ -612,7 +645,7 @@ class KarmmaPipeline:
                 losses["loss"] = losses["loss"] + single_w * losses["loss_single"]
             return losses
 
-        steps = -(-len(self.train_clips[0]) // ocfg.batch_size)
+        steps = steps_per_epoch(len(self.train_split), ocfg.batch_size)
         fit(ddp, step, batches, steps, ocfg, self.run_dir, kind, self.progress)
         self.timings[kind] = time.perf_counter() - t0
         model.eval()
@@ -640,8 +673,7 @@ class KarmmaPipeline:
         if self._init_paths is None:
             paths = {}
             for m in wanted:
-                with main_first():  # rank 0 fits; the others find the fitted weights afterwards
-                    paths[m] = self.fit_unimodal(m, self.cfg.student.model, "student_unimodal")
+                paths[m] = self.fit_unimodal(m, self.cfg.student.model, "student_unimodal")
             self._init_paths = paths
         return self._init_paths
 
@@ -684,91 +716,101 @@ class KarmmaPipeline:
             return teacher.fusion({m: x.to(self.device) for m, x in tokens.items()}, mask.to(self.device),
                                   self.token_counts)["logits"]
 
-    def teacher_logits_all(self, teacher: MultimodalRecognizer | None) -> list[dict[str, torch.Tensor]]:
-        """Per training view, the teacher's logits on every sample with all of its modalities
-        (``student.teacher_input: all``), in sample order."""
-        out = []
-        for clips, toks in zip(self.train_clips, self.train_tokens):
-            parts: dict[str, list[torch.Tensor]] = {}
-            for idx in torch.arange(len(clips)).split(self.cfg.eval.batch_size):
-                logits = self._teacher_step(teacher, toks.batch(idx)["inputs"], clips.present.index_select(0, idx))
-                for t, v in logits.items():
-                    parts.setdefault(t, []).append(v.cpu())
-            out.append({t: torch.cat(v) for t, v in parts.items()})
-        return out
+    def teacher_logits_all(self, teacher: MultimodalRecognizer | None) -> CachedSplit:
+        """Per training sample and view, the teacher's logits with all of its modalities
+        (``student.teacher_input: all``), cached on disk in the run directory (float32) by the
+        teacher's weights: every rank computes its share once, every KD row reads them."""
+        assert teacher is not None
+        tasks = tuple(self.heads)
+        from actdistill.engine.fewshot import weights_hash
+
+        key = {"kind": "teacher_logits", "teacher": weights_hash(teacher.fusion), "tokens": self.train_tokens.cache.key}
+        shard = Shard.of_rank()
+
+        def fn(tokens: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {t: v.cpu() for t, v in self._teacher_step(teacher, tokens, present).items()}
+
+        root = self.run_dir / "cache"
+        with FeatureCache(root, "teacher-logits", key, dtype=None, writer=shard.writer) as cache:
+            map_split(self.train_tokens, fn, cache, shard, "teacher logits", self.progress, chunk=self.cfg.cache.chunk)
+        barrier()
+        cache = FeatureCache(root, "teacher-logits", key, dtype=None)
+        cache.preload()  # [N, views, classes]: small next to the clips
+        return CachedSplit(cache, self.train_tokens.uids, None, tasks, self.train_tokens.views,
+                           positions=self.train_tokens.positions)
 
     # ------------------------------------------------------------------------------ evaluation
-    def _eval_batches(self, views: list[ClipTensors]) -> list[dict[str, Any]]:
-        out = []
-        for idx in torch.arange(len(views[0])).split(self.cfg.eval.batch_size):
-            parts = [v.batch(idx) for v in views]
-            out.append({"views": [p["inputs"] for p in parts], "present": parts[0]["present"],
-                        "labels": parts[0]["labels"], "index": idx})
-        return out
-
-    def evaluate(self, name: str, predict_one: Any, views: list[ClipTensors]) -> dict[str, Any]:
+    def evaluate(self, name: str, predict_one: Any, split: CachedSplit,
+                 encode: Any = None) -> dict[str, Any]:
+        """Both protocols on ``split`` (test clips or test tokens), read batch by batch; a
+        sample's logits are the mean over its test views. ``encode(inputs, present)``, if given,
+        maps each view of a batch once before ``predict_one`` runs for every mask on it."""
         def predict(batch: dict[str, Any], present: torch.Tensor) -> dict[str, torch.Tensor]:
             outs = [predict_one({m: x.to(self.device) for m, x in inp.items()}, present.to(self.device))
                     for inp in batch["views"]]
             return {t: torch.stack([o[t] for o in outs]).mean(0).cpu() for t in outs[0]}
 
+        def batches() -> Any:
+            loader = eval_loader(split, self.cfg.eval.batch_size, self.cfg.data.num_workers)
+            for b in tqdm(loader, desc=f"evaluate {name}", unit="batch", leave=False,
+                          disable=not (self.progress and is_main())):
+                if encode is not None:
+                    with torch.no_grad():
+                        b["views"] = [encode(v, b["present"]) for v in b["views"]]
+                yield b
+
         t0 = time.perf_counter()
-        res = evaluate_missing_modalities(predict, self._eval_batches(views), self.modalities,
-                                          self.cfg.eval.drop_rates, self.cfg.eval.seed,
-                                          drop_repeats=self.cfg.eval.drop_repeats)
+        res = evaluate_missing_modalities(predict, batches(), self.modalities, self.cfg.eval.drop_rates,
+                                          self.cfg.eval.seed, drop_repeats=self.cfg.eval.drop_repeats)
         self.timings[f"eval_{name}"] = time.perf_counter() - t0
         return res
 
     def evaluate_row(self, name: str, model: nn.Module) -> dict[str, Any]:
         """:meth:`evaluate` for a trained row. A :class:`MultimodalRecognizer`'s encoders see one
-        modality each and never the mask, so each test view is encoded once and only the fusion
-        runs for each of the ~65 masks (subsets and drop draws): the same logits (eval mode), about
-        8x faster in the demo. Other models (late fusion) run whole for every mask."""
-        if not isinstance(model, MultimodalRecognizer):
-            return self.evaluate(name, lambda inp, pr: model(inp, pr)["logits"], self.test_clips)
+        modality each and never the mask, so each test view of a batch is encoded once and only the
+        fusion runs for each of the ~65 masks (subsets and drop draws): the same logits (eval mode),
+        about 8x faster in the demo. Other models (late fusion) run whole for every mask."""
         model.eval()
+        if not isinstance(model, MultimodalRecognizer):
+            return self.evaluate(name, lambda inp, pr: model(inp, pr)["logits"], self.test_split)
         counts: dict[str, int] = {}
 
         def encode(inputs: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
             tokens, c = model.encode({m: x.to(self.device) for m, x in inputs.items()}, present.to(self.device))
             counts.update(c)
-            return {m: t.cpu() for m, t in tokens.items()}
+            return tokens
 
-        t0 = time.perf_counter()
-        views = [map_clips(v, encode, self.cfg.eval.batch_size, f"{name} encode view {k + 1}", self.progress,
-                           dtype=torch.float32) for k, v in enumerate(self.test_clips)]
-        res = self.evaluate(name, lambda tok, pr: model.fusion(tok, pr, counts)["logits"], views)
-        self.timings[f"eval_{name}"] = time.perf_counter() - t0
-        return res
+        return self.evaluate(name, lambda tok, pr: model.fusion(tok, pr, counts)["logits"], self.test_split, encode)
 
     def efficiency(self, model: nn.Module, kind: str) -> dict[str, dict[str, float]]:
         """Per subset: params used, GFLOPs/clip, peak activation memory, latency (batch 1), throughput."""
         ecfg = self.cfg.eval
-        clips = self.test_clips[0]
+        split = self.test_split
         out: dict[str, dict[str, float]] = {}
         model = model.eval().to(self.device)
         for subset in modality_subsets(self.modalities):
             sel = torch.tensor([m in subset for m in self.modalities])
-            rows = (clips.present & sel).any(1).nonzero().squeeze(1)
+            rows = (split.present & sel).any(1).nonzero().squeeze(1)
             if len(rows) == 0:
                 continue
-            inputs, present = self._subset_batch(clips, rows, subset, ecfg.latency_batch)
+            inputs, present = self._subset_batch(rows, subset, ecfg.latency_batch)
             prof = profile_forward(lambda i=inputs, p=present: model(i, p), ecfg.latency_batch,
                                    self._params(model, subset), ecfg.warmup, ecfg.latency_repeats, self.device)
             res: dict[str, float] = {k: prof[k] for k in ("params", "gflops", "peak_mem_mb", "latency_ms",
                                                          "latency_min_ms", "latency_max_ms")}
             # throughput is only timed: FLOPs and memory per clip were counted above
-            inputs, present = self._subset_batch(clips, rows, subset, ecfg.throughput_batch)
+            inputs, present = self._subset_batch(rows, subset, ecfg.throughput_batch)
             timing = time_fn(lambda i=inputs, p=present: model(i, p), ecfg.warmup, ecfg.repeats, self.device)
             res["throughput"] = ecfg.throughput_batch / (timing["median_ms"] / 1000.0)
             res["throughput_batch"] = ecfg.throughput_batch
             out[subset_name(subset)] = res
         return out
 
-    def _subset_batch(self, clips: ClipTensors, rows: torch.Tensor, subset: tuple[str, ...],
+    def _subset_batch(self, rows: torch.Tensor, subset: tuple[str, ...],
                       bs: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``bs`` of the clips ``rows`` (cycled), with only ``subset``'s inputs marked present."""
-        b = clips.batch(rows[torch.arange(bs) % len(rows)])
+        """``bs`` of the test clips ``rows`` (cycled, view 0), with only ``subset``'s inputs marked present."""
+        ds = ViewDataset(self.test_split, 0)
+        b = CollateViews(self.test_split)([ds[int(rows[k % len(rows)])] for k in range(bs)])
         sel = torch.tensor([m in subset for m in self.modalities])
         return ({m: x.to(self.device) for m, x in b["inputs"].items() if m in subset},
                 (b["present"] & sel).to(self.device))
@@ -783,17 +825,32 @@ class KarmmaPipeline:
         return total - sum(count_parameters(e) for m, e in encoders.items() if m not in subset)
 
 
-class _Uid:
-    """Minimal segment-like record for :func:`stack_entries` (uid + labels)."""
-
-    def __init__(self, uid: str, labels: dict[str, int]) -> None:
-        self.uid = uid
-        self.labels = labels
-
-
-
-
 # ------------------------------------------------------------------------------------------ run + report
+def extract(cfg: KarmmaConfig, shard: Shard | None = None) -> list[str]:
+    """``actdistill extract``: decode ``shard``'s share of both splits' clips and, when every
+    teacher extractor is available (pretrained, or its unimodal fit cached), cache their tokens.
+    No run directory is written; returns the lines to print."""
+    from actdistill.data.datasets.synthetic_loader import ensure_synthetic
+
+    if cfg.data.dataset == "synthetic" and (shard is None or shard.count == 1):
+        ensure_synthetic(cfg.data.root, int(cfg.data.options.get("seed", 0)),
+                         str(cfg.data.options.get("size", "small")), cfg.run.progress)
+        cfg.data.options["generate"] = False
+    init_from_env(cfg.run.dist_timeout_min)
+    pipe = KarmmaPipeline(cfg, None, shard)
+    pipe.load_data()
+    lines = [f"shard {pipe.shard.index}/{pipe.shard.count}: clips of {len(pipe.train_split)} train and "
+             f"{len(pipe.test_split)} test samples cached under {cfg.cache.root}"]
+    try:
+        extractors = pipe.build_extractors(fit=False)
+    except DataError as err:
+        return [*lines, f"teacher tokens not extracted: {err}"]
+    pipe.teacher_tokens(extractors)
+    return [*lines, f"teacher tokens cached for {len(pipe.train_tokens)} train and {len(pipe.test_tokens)} "
+                    f"test samples ({pipe.timings['teacher_tokens']:.1f}s)"]
+
+
+
 def prepare_run(cfg: KarmmaConfig) -> Path:
     """Generate the synthetic dataset if it is the one asked for and absent, open the run directory
     and write the merged config into it: once, on rank 0 under ``torchrun`` (every rank gets the path)."""
@@ -810,7 +867,7 @@ def prepare_run(cfg: KarmmaConfig) -> Path:
         print(f"run directory: {run_dir}", flush=True)
         return run_dir
 
-    run_dir = from_main(setup)
+    run_dir = from_main(setup, cfg.run.dist_timeout_min)
     if cfg.data.dataset == "synthetic":
         cfg.data.options["generate"] = False  # generated above: the adapter only reads it
     return run_dir
@@ -869,7 +926,7 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
             "metrics": {"subsets": res["subset_metrics"], "drop": res["drop_metrics"]},
         }
         full = res["full"]
-        write_predictions_csv(run_dir / f"predictions_{name}.csv", pipe.test_clips[0].uids, full["logits"],
+        write_predictions_csv(run_dir / f"predictions_{name}.csv", pipe.test_split.uids, full["logits"],
                               full["labels"], pipe.classes)
     if cfg.eval.efficiency:
         pipe.timings["efficiency"] = time.perf_counter() - t_eff
@@ -884,9 +941,9 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
     pipe.timings["total"] = time.perf_counter() - t_start
     targets = check_targets(summary, pipe.modalities)
     write_json(run_dir / "run_info.json", {"timings_s": pipe.timings, "targets": targets, "heads": pipe.heads,
-                                           "train_clips": len(pipe.train_clips[0]),
-                                           "test_clips": len(pipe.test_clips[0]),
-                                           "skipped": pipe.train_clips[0].extra.get("skipped", 0)})
+                                           "train_clips": len(pipe.train_split),
+                                           "test_clips": len(pipe.test_split),
+                                           "skipped": pipe.train_split.skipped})
     (run_dir / "report.md").write_text(render_report(summary, pipe.modalities, rates, targets, pipe.timings))
     return summary
 

@@ -12,7 +12,7 @@ the curve's mean height) and the worst subset's accuracy.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,28 +47,37 @@ def drop_modalities(present: torch.Tensor, p: float, generator: torch.Generator)
 
 
 Scored = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
+MaskFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _run(predict: Predict, batches: Sequence[Mapping[str, Any]],
-         mask_fn: Callable[[int, torch.Tensor], torch.Tensor]) -> Scored:
-    logits: dict[str, list[torch.Tensor]] = {}
+def _run_all(predict: Predict, batches: Iterable[Mapping[str, Any]], masks: Sequence[MaskFn]) -> list[Scored]:
+    """Every mask's logits, labels and scored rows, reading each batch once.
+
+    The loop runs over batches outside and masks inside, so a batch is read (and, by a caller
+    that caches per batch, encoded) once whatever the number of masks, and ``batches`` may be a
+    one-pass stream from disk. A seeded mask (a drop draw) consumes its own generator batch by
+    batch in order, so its masks are the ones a pass of that mask alone would draw.
+    """
+    logits: list[dict[str, list[torch.Tensor]]] = [{} for _ in masks]
+    valid: list[list[torch.Tensor]] = [[] for _ in masks]
     labels: dict[str, list[torch.Tensor]] = {}
-    valid: list[torch.Tensor] = []
-    for b, batch in enumerate(batches):
+    for batch in batches:
         present = batch["present"]
-        mask = mask_fn(b, present)
-        ok = mask.any(1)
-        # rows with nothing left keep their full input (so every model gets a valid forward) but are not scored
-        effective = torch.where(ok[:, None], mask, present)
-        with torch.no_grad():
-            out = predict(batch, effective)
-        for task, lg in out.items():
-            logits.setdefault(task, []).append(lg.float().cpu())
+        for k, mask_fn in enumerate(masks):
+            mask = mask_fn(present)
+            ok = mask.any(1)
+            # rows with nothing left keep their full input (so every model gets a valid forward) but are not scored
+            effective = torch.where(ok[:, None], mask, present)
+            with torch.no_grad():
+                out = predict(batch, effective)
+            for task, lg in out.items():
+                logits[k].setdefault(task, []).append(lg.float().cpu())
+            valid[k].append(ok)
         for task, y in batch["labels"].items():
             labels.setdefault(task, []).append(y.cpu())
-        valid.append(ok)
-    return ({k: torch.cat(v) for k, v in logits.items()}, {k: torch.cat(v) for k, v in labels.items()},
-            torch.cat(valid) if valid else torch.zeros(0, dtype=torch.bool))
+    cat_labels = {t: torch.cat(v) for t, v in labels.items()}
+    return [({t: torch.cat(v) for t, v in lg.items()}, cat_labels,
+             torch.cat(ok) if ok else torch.zeros(0, dtype=torch.bool)) for lg, ok in zip(logits, valid)]
 
 
 def _score_valid(
@@ -94,7 +103,7 @@ def wilson_interval(percent: float, n: int, z: float = 1.96) -> list[float]:
 
 def evaluate_missing_modalities(
     predict: Predict,
-    batches: Sequence[Mapping[str, Any]],
+    batches: Iterable[Mapping[str, Any]],
     modalities: Sequence[str],
     drop_rates: Sequence[float] = DROP_RATES,
     seed: int = 0,
@@ -113,10 +122,18 @@ def evaluate_missing_modalities(
         raise ValueError(f"drop_repeats must be at least 1, got {drop_repeats}")
     mods = list(modalities)
     result: dict[str, Any] = {"subsets": {}, "subset_metrics": {}, "drop_curve": [], "drop_metrics": []}
-    full_logits: dict[str, torch.Tensor] | None = None
-    for subset in subsets or modality_subsets(mods):
+    chosen = list(subsets or modality_subsets(mods))
+    masks: list[MaskFn] = []
+    for subset in chosen:
         sel = torch.tensor([m in subset for m in mods])
-        logits, labels, valid = _run(predict, batches, lambda _b, present, s=sel: present & s)
+        masks.append(lambda present, s=sel: present & s)
+    for p in drop_rates:
+        for r in range(drop_repeats):
+            gen = torch.Generator().manual_seed(seed * 1000 + round(p * 100) + 1_000_003 * r)
+            masks.append(lambda present, g=gen, q=p: drop_modalities(present, q, g))
+    scored = _run_all(predict, batches, masks)
+    full_logits: dict[str, torch.Tensor] | None = None
+    for subset, (logits, labels, valid) in zip(chosen, scored):
         metrics = _score_valid(logits, labels, valid)
         metrics["samples"] = int(valid.sum())
         metrics["left_out"] = int((~valid).sum())
@@ -126,16 +143,12 @@ def evaluate_missing_modalities(
         result["subsets"][name] = primary_metric(metrics)
         if len(subset) == len(mods):
             full_logits, full_labels = logits, labels
-    for p in drop_rates:
-        draws = []
-        for r in range(drop_repeats):
-            gen = torch.Generator().manual_seed(seed * 1000 + round(p * 100) + 1_000_003 * r)
-            logits, labels, valid = _run(predict, batches,
-                                         lambda _b, present, g=gen, q=p: drop_modalities(present, q, g))
-            draws.append(_score_valid(logits, labels, valid))
+    for i, p in enumerate(drop_rates):
+        runs = scored[len(chosen) + i * drop_repeats:len(chosen) + (i + 1) * drop_repeats]
+        draws = [_score_valid(logits, labels, valid) for logits, labels, valid in runs]
         metrics = {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
         metrics["draws"] = drop_repeats
-        metrics["ci95"] = wilson_interval(primary_metric(metrics), int(valid.sum()))
+        metrics["ci95"] = wilson_interval(primary_metric(metrics), int(runs[-1][2].sum()))
         result["drop_metrics"].append({"p": p, **metrics})
         result["drop_curve"].append(primary_metric(metrics))
     curve = np.asarray(result["drop_curve"], dtype=float)
