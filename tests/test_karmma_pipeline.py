@@ -373,13 +373,16 @@ def test_teacher_logits_for_all_modalities_are_computed_once(tiny_root: Path, tm
     pipe.teacher_tokens(ext)
     teacher = pipe.train_teacher(ext)
     from actdistill.engine.clips import CollateViews, ViewDataset
+    from actdistill.engine.tasks import RowTask, row_spec
 
-    fixed = pipe.teacher_logits_all(teacher)
+    task = RowTask(pipe.build_row("student"), row_spec("student"), pipe.heads, pipe.modalities, teacher=teacher,
+                   token_counts=pipe.token_counts)
+    fixed = pipe.teacher_logits_all(task)
     assert len(fixed) == len(pipe.train_split) and fixed.views == pipe.train_split.views
     rows = [2, 0, 1]
     ds = ViewDataset(pipe.train_split, 0, {"teacher_tokens": pipe.train_tokens, "teacher_logits": fixed})
     b = CollateViews(pipe.train_split, ds.extra)([ds[i] for i in rows])
-    step = pipe._teacher_step(teacher, b["teacher_tokens"], b["present"])
+    step = task.teacher_logits(b["teacher_tokens"], b["present"])
     for t, v in step.items():
         torch.testing.assert_close(b["teacher_logits"][t], v, rtol=0, atol=1e-5)
 

@@ -43,7 +43,6 @@ F16, F32 = 2, 4
 #: fp32 weight + gradient + the optimizer's two moments (AdamW in KARMMA, Adam in few-shot)
 TRAIN_BYTES_PER_PARAM = 16
 PREFETCH_FACTOR = 2  # the DataLoader default, and what engine.clips.make_loader uses
-DECODE_BATCH = 8  # clips are decoded and tokens extracted in fixed chunks of 8 samples (engine.clips.CHUNK)
 IMU_CHANNELS = 6  # IMU channel count is in the CSV header, not the config: accelerometer + gyroscope assumed
 ASPECT = 16 / 9  # width/height assumed when spatial.crop_size is 0 (uncropped frames)
 
@@ -266,7 +265,8 @@ def _wall_hint(plan: dict[str, Any], tflops: float | None) -> None:
 # ------------------------------------------------------------------------------------------- KARMMA
 def plan_karmma(cfg: Any, check_media: bool = False, tflops: float | None = None) -> dict[str, Any]:
     """The cost plan of ``actdistill karmma train`` with ``cfg`` (a ``KarmmaConfig``)."""
-    from actdistill.engine.karmma import FusionWithSingles, TrainingExtras, UnimodalClassifier, build_row, build_teacher
+    from actdistill.engine.karmma import build_row, build_teacher
+    from actdistill.engine.tasks import FusionWithSingles, TrainingExtras, UnimodalClassifier, row_spec
     from actdistill.evaluation.protocols import modality_subsets
     from actdistill.models.encoders.base import build_encoder
     from actdistill.models.fusion import KARMMAFusion, MultimodalRecognizer
@@ -324,7 +324,7 @@ def plan_karmma(cfg: Any, check_media: bool = False, tflops: float | None = None
          "bytes": sv * sum(in_test[m] * token_entry[m] for m in mods),
          "per_entry_bytes": sum(token_entry.values()), "what": "frozen teacher tokens, float16"},
     ]
-    kd_rows = [r for r in cfg.rows if r in ("student", "mmt")]
+    kd_rows = [r for r in cfg.rows if row_spec(r).distil]
     if kd_rows and cfg.student.teacher_input == "all":
         per = sum(heads.values()) * F16
         caches.append({"cache": "teacher-logits", "entries": n_train * tv, "bytes": n_train * tv * per,
@@ -378,9 +378,9 @@ def plan_karmma(cfg: Any, check_media: bool = False, tflops: float | None = None
     flops.append(stage_row("teacher tokens (test views)", ext_flops / 1e9, n_test * sv, 1, 1, ""))
     clip_bytes32 = sum(numel(s) for s in shapes.values()) * F32
     # a no-grad forward holds at most what a training forward saves: an upper bound
+    chunk = cfg.cache.chunk  # decoding and extraction batches
     memory.append(memory_row("teacher tokens (activations: upper bound)", 0, ext_params,
-                             sum(v["saved_bytes"] for v in ext.values()), DECODE_BATCH, DECODE_BATCH * clip_bytes32,
-                             workers))
+                             sum(v["saved_bytes"] for v in ext.values()), chunk, chunk * clip_bytes32, workers))
 
     # ---------------------------------------------------------------- teacher fusion
     topt = cfg.teacher.optim
@@ -411,7 +411,7 @@ def plan_karmma(cfg: Any, check_media: bool = False, tflops: float | None = None
             model = build_row(arch, mods, heads, kind)
         fused = isinstance(model, MultimodalRecognizer)
         aux_w = scfg.unimodal_aux if fused else 0.0
-        single_w = scfg.single_passes if fused and kind != "baseline" else 0.0
+        single_w = scfg.single_passes if fused and row_spec(kind).single_passes else 0.0
         wrapper = (TrainingExtras(model, heads, aux=aux_w > 0, singles=single_w > 0)
                    if aux_w > 0 or single_w > 0 else model)
         with stage_errors(f"row {kind}"):

@@ -34,7 +34,6 @@ from tqdm import tqdm
 from actdistill.config import to_dict
 from actdistill.data.builder import DataConfig, load_index
 from actdistill.data.records import DataError
-from actdistill.distill.losses import ce_loss, kd_loss
 from actdistill.engine.cache import FeatureCache, cache_key_hash
 from actdistill.engine.checkpoint import load_weights, save_weights
 from actdistill.engine.clips import (
@@ -51,17 +50,29 @@ from actdistill.engine.clips import (
     stable_seed,
     steps_per_epoch,
 )
-from actdistill.engine.distributed import barrier, init_from_env, is_main, wrap_ddp
+from actdistill.engine.distributed import barrier, init_from_env, is_main
+from actdistill.engine.tasks import (  # noqa: F401  (re-exported: the training blocks used to live here)
+    ROWS,
+    FusionWithSingles,
+    RowTask,
+    TeacherTask,
+    TrainingExtras,
+    UnimodalClassifier,
+    UnimodalTask,
+    row_spec,
+    single_pass_ce,
+    single_pass_logits,
+    unimodal_aux_loss,
+)
 from actdistill.engine.trainer import OptimConfig, fit
 from actdistill.evaluation.efficiency import count_parameters, profile_forward, time_fn
 from actdistill.evaluation.protocols import DROP_RATES, evaluate_missing_modalities, modality_subsets, subset_name
 from actdistill.experiment import RunConfig
 from actdistill.models.encoders.base import Encoder, build_encoder
 from actdistill.models.fusion import KARMMAFusion, MultimodalRecognizer, build_karmma
-from actdistill.models.heads import MultiHeadMLP
 from actdistill.models.late_fusion import build_late_fusion
 
-ROW_KINDS = ("baseline", "baseline_delta", "student", "mmt", "late_fusion")
+ROW_KINDS = tuple(ROWS.names())  # the registered rows (engine.tasks.ROWS); kept for callers of the tuple
 
 
 @dataclass
@@ -133,6 +144,15 @@ class CacheConfig:
 
 
 @dataclass
+class TrainConfig:
+    """How every training stage runs (the optimiser settings are per stage: ``*.optim``)."""
+
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed (CUDA): autocast of every stage's forward
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
+    log_every: int = 50  # a logs/<stage>/metrics.csv row every N optimizer steps (and one per epoch)
+
+
+@dataclass
 class KarmmaEvalConfig:
     drop_rates: list[float] = field(default_factory=lambda: list(DROP_RATES))
     seed: int = 0
@@ -151,6 +171,7 @@ class KarmmaConfig:
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     rows: list[str] = field(default_factory=lambda: ["baseline", "baseline_delta", "student"])
@@ -164,117 +185,6 @@ def _heads(classes: dict[str, list[str]], action_head: bool) -> dict[str, int]:
     if not heads:
         raise ValueError("the dataset defines no class list to train on")
     return heads
-
-
-class UnimodalClassifier(nn.Module):
-    """Encoder + mean over tokens + multi-head MLP: how a teacher extractor is fitted when no
-    pretrained weights exist for its modality."""
-
-    def __init__(self, encoder: Encoder, heads: dict[str, int]) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = MultiHeadMLP(encoder.out_dim, heads)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.head(self.encoder(x).mean(1))
-
-
-class TrainingExtras(nn.Module):
-    """A row plus the training-only extras of :class:`StudentConfig`; ``train_row`` saves just
-    ``model``, so a saved row is the plain architecture.
-
-    ``aux`` (``unimodal_aux``): one classifier per modality on that modality's own encoder tokens
-    (mean-pooled). Why: trained jointly, the encoders of a fusion model learn only what the
-    easiest modality does not already give the fusion ("modality competition"; Wang et al., CVPR
-    2020, "What makes training multi-modal classification networks hard?"). A noun that RGB shows
-    plainly is then never learnt from depth's outline or flow's moving silhouette, and accuracy
-    collapses when RGB is missing. A cross-entropy on each encoder alone keeps every modality
-    learning the whole task, at the cost of a linear head per modality (no extra encoder passes).
-
-    ``singles`` (``single_passes``): the fusion block run once more per modality with only that
-    modality present, on the tokens the encoders already produced. Why: with a drop rate of 0.5
-    and four modalities a training sample has a single modality a quarter of the time, one given
-    modality alone 7% of the time, and the fusion path for a lone modality stays undertrained:
-    on the synthetic demo data the aux heads above read 65% action top-1 from the student's depth
-    tokens alone while the fused model, given depth alone, got 31%. The extra fusion passes cost a
-    fraction of the encoders' compute.
-    """
-
-    def __init__(self, model: MultimodalRecognizer, heads: dict[str, int], aux: bool = True,
-                 singles: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.aux = (nn.ModuleDict({m: MultiHeadMLP(e.out_dim, heads, hidden=0) for m, e in model.encoders.items()})
-                    if aux else None)
-        self.singles = singles
-
-    def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, Any]:
-        tokens, counts = self.model.encode(inputs, present)
-        out = self.model.fusion(tokens, present, counts)
-        if self.aux is not None:
-            out["unimodal_logits"] = {m: self.aux[m](t.mean(1)) for m, t in tokens.items()}
-        if self.singles:
-            out["single_logits"] = single_pass_logits(self.model.fusion, tokens, present, counts)
-        return out
-
-
-def single_pass_logits(fusion: KARMMAFusion, tokens: dict[str, torch.Tensor], present: torch.Tensor,
-                       counts: dict[str, int]) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """``m -> (rows, logits)``: ``fusion``'s logits for the ``rows`` where ``m`` is present,
-    given ``m`` alone. One fusion call over all (row, modality) pairs, not one per modality."""
-    mods = fusion.modalities
-    picks = [(j, present[:, j].nonzero().squeeze(1)) for j, m in enumerate(mods) if m in tokens]
-    picks = [(j, r) for j, r in picks if r.numel()]
-    if not picks:
-        return {}
-    rows = torch.cat([r for _, r in picks])
-    only = torch.zeros(len(rows), len(mods), dtype=torch.bool, device=present.device)
-    start = 0
-    for j, r in picks:
-        only[start:start + len(r), j] = True
-        start += len(r)
-    logits = fusion({m: t.index_select(0, rows) for m, t in tokens.items()}, only, counts)["logits"]
-    out, start = {}, 0
-    for j, r in picks:
-        out[mods[j]] = (r, {t: v[start:start + len(r)] for t, v in logits.items()})
-        start += len(r)
-    return out
-
-
-class FusionWithSingles(nn.Module):
-    """A teacher's fusion block (trained on cached tokens) that also returns its single-modality
-    passes, in one forward so that DDP sees one call per step."""
-
-    def __init__(self, fusion: KARMMAFusion) -> None:
-        super().__init__()
-        self.fusion = fusion
-
-    def forward(self, tokens: dict[str, torch.Tensor], present: torch.Tensor,
-                counts: dict[str, int]) -> dict[str, Any]:
-        out = self.fusion(tokens, present, counts)
-        out["single_logits"] = single_pass_logits(self.fusion, tokens, present, counts)
-        return out
-
-
-def single_pass_ce(out: dict[str, Any], labels: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean over modalities of the cross-entropy of ``out["single_logits"]`` on their rows."""
-    terms = [ce_loss(lg, {t: y[rows] for t, y in labels.items()})["loss"] for rows, lg in out["single_logits"].values()]
-    return torch.stack(terms).mean() if terms else torch.zeros((), device=next(iter(labels.values())).device)
-
-
-def unimodal_aux_loss(out: dict[str, Any], mask: torch.Tensor, labels: dict[str, torch.Tensor],
-                      modalities: tuple[str, ...]) -> torch.Tensor:
-    """Mean over modalities of the cross-entropy of ``out["unimodal_logits"]`` on the rows where
-    each modality is present (``mask``); zero when no modality is present anywhere."""
-    terms = []
-    for m, logits in out["unimodal_logits"].items():
-        rows = mask[:, modalities.index(m)].to(next(iter(logits.values())).device)
-        if bool(rows.any()):
-            terms.append(ce_loss({t: v[rows] for t, v in logits.items()},
-                                 {t: y[rows] for t, y in labels.items()})["loss"])
-    if not terms:
-        return torch.zeros((), device=mask.device)
-    return torch.stack(terms).mean()
 
 
 def _spec_opts(spec: ModelSpec, m: str) -> tuple[str, dict[str, Any]]:
@@ -318,21 +228,28 @@ def row_architecture(kind: str) -> str:
     """Which network a row (or ``teacher``) runs. ``baseline``, ``baseline_delta`` and ``student``
     differ only in how they are trained, so their parameters, FLOPs, memory and latency are one
     network's, and the pipeline profiles that network once (timing it three times only adds noise)."""
-    return "student" if kind in ("baseline", "baseline_delta", "student") else kind
+    return kind if kind not in ROWS else row_spec(kind).architecture
 
 
 def build_row(cfg: KarmmaConfig, modalities: tuple[str, ...], heads: dict[str, int], kind: str) -> nn.Module:
-    """An untrained model of row ``kind`` (student architecture; see ``ROW_KINDS``)."""
-    if kind not in ROW_KINDS:
-        raise ValueError(f"unknown row {kind!r}; choose from {ROW_KINDS}")
+    """An untrained model of row ``kind`` (the student architecture as its :class:`RowSpec` says)."""
+    row = _row_spec(kind)
     spec = cfg.student.model
     enc = {m: {"name": n, **o} for m in modalities for n, o in [_spec_opts(spec, m)]}
-    if kind == "late_fusion":
+    if row.late_fusion:
         return build_late_fusion(modalities, heads, spec.size, enc)
     fusion = dict(spec.fusion)
-    if kind == "mmt":
-        fusion["missing"] = "single_token"
+    if row.missing is not None:
+        fusion["missing"] = row.missing
     return build_karmma(modalities, heads, spec.size, enc, **fusion)
+
+
+def _row_spec(kind: str) -> Any:
+    """:func:`row_spec`, with an unknown row a ValueError naming the registered ones."""
+    try:
+        return row_spec(kind)
+    except KeyError as err:
+        raise ValueError(f"{err.args[0]}; rows are registered in actdistill.engine.tasks.ROWS") from None
 
 
 def build_teacher(cfg: KarmmaConfig, modalities: tuple[str, ...], heads: dict[str, int],
@@ -440,7 +357,6 @@ class KarmmaPipeline:
         name, opts = _spec_opts(spec, m)
         torch.manual_seed(self.cfg.run.seed)
         net = UnimodalClassifier(build_encoder(name, modality=m, **opts), self.heads).to(self.device)
-        model = wrap_ddp(net, self.device)
         rows = self.train_split.rows_with(m)
         ocfg = self.cfg.teacher.unimodal_optim
         # The stage name carries the key: a student fit must not resume from the teacher's checkpoints.
@@ -449,13 +365,8 @@ class KarmmaPipeline:
         def batches(epoch: int, start: int = 0):
             return self.loader(self.train_split, stage, epoch, start, ocfg.batch_size, rows=rows)
 
-        def step(b: dict[str, Any]) -> dict[str, torch.Tensor]:
-            logits = model(b["inputs"][m].to(self.device))
-            return ce_loss(logits, {t: y.to(self.device) for t, y in b["labels"].items()})
-
         t0 = time.perf_counter()
-        hist = fit(model, step, batches, steps_per_epoch(len(rows), ocfg.batch_size), ocfg, self.run_dir, stage,
-                   self.progress)["history"]
+        hist = self.fit(UnimodalTask(net, m), batches, len(rows), ocfg, stage)["history"]
         took = self.timings[f"{label}_{m}"] = time.perf_counter() - t0
         acc = self._unimodal_accuracy(net, m)
         _log(f"{label} {m}: loss {hist[-1]['loss']:.3f}, test top-1 {acc} ({took:.1f}s)")
@@ -556,25 +467,12 @@ class KarmmaPipeline:
                               **spec.fusion).to(self.device)
         ocfg = self.cfg.teacher.optim
         p = self.cfg.teacher.modality_dropout
-        single_w = self.cfg.teacher.single_passes
-        model = wrap_ddp(FusionWithSingles(fusion) if single_w > 0 else fusion, self.device)
+        task = TeacherTask(fusion, self.token_counts, self.cfg.teacher.single_passes)
 
         def batches(epoch: int, start: int = 0):
             return self.loader(self.train_tokens, "teacher", epoch, start, ocfg.batch_size, dropout=p)
 
-        def step(b: dict[str, Any]) -> dict[str, torch.Tensor]:
-            mask = b.get("mask", b["present"])
-            tokens = {m: x.to(self.device) for m, x in b["inputs"].items()}
-            labels = {t: y.to(self.device) for t, y in b["labels"].items()}
-            out = model(tokens, mask.to(self.device), self.token_counts)
-            losses = ce_loss(out["logits"], labels)
-            if single_w > 0:
-                losses["loss_single"] = single_pass_ce(out, labels)
-                losses["loss"] = losses["loss"] + single_w * losses["loss_single"]
-            return losses
-
-        steps = steps_per_epoch(len(self.train_tokens), ocfg.batch_size)
-        fit(model, step, batches, steps, ocfg, self.run_dir, "teacher", self.progress)
+        self.fit(task, batches, len(self.train_tokens), ocfg, "teacher")
         self.timings["teacher"] = time.perf_counter() - t0
         teacher = MultimodalRecognizer(extractors, fusion).eval()
         if is_main():
@@ -586,8 +484,9 @@ class KarmmaPipeline:
         return build_row(self.cfg, self.modalities, self.heads, kind)
 
     def train_row(self, kind: str, teacher: MultimodalRecognizer | None) -> nn.Module:
-        if kind not in ROW_KINDS:
-            raise ValueError(f"unknown row {kind!r}; choose from {ROW_KINDS}")
+        """Train row ``kind`` (:data:`ROWS`) and save ``<kind>.safetensors``; ``teacher`` is the
+        frozen teacher a distilling row learns from."""
+        row = _row_spec(kind)
         for key, value, known in (("teacher_input", self.cfg.student.teacher_input, ("dropped", "all")),
                                   ("single_pass_target", self.cfg.student.single_pass_target, ("labels", "teacher"))):
             if value not in known:
@@ -597,25 +496,22 @@ class KarmmaPipeline:
         scfg = self.cfg.student
         torch.manual_seed(self.cfg.run.seed)
         model = self.build_row(kind).to(self.device)
-        fused = isinstance(model, MultimodalRecognizer)
-        if fused:
+        if isinstance(model, MultimodalRecognizer):
             for m, path in init.items():
                 load_weights(model.encoders[m], path)
-        aux_w = scfg.unimodal_aux if fused else 0.0
-        single_w = scfg.single_passes if fused and kind != "baseline" else 0.0
-        trained = (TrainingExtras(model, self.heads, aux=aux_w > 0, singles=single_w > 0).to(self.device)
-                   if aux_w > 0 or single_w > 0 else model)
-        ddp = wrap_ddp(trained, self.device)
-        p_final = 0.0 if kind == "baseline" else scfg.modality_dropout
-        kd = kind in ("student", "mmt")
+        task = RowTask(model, row, self.heads, self.modalities, teacher=teacher if row.distil else None,
+                       token_counts=getattr(self, "token_counts", None), alpha=scfg.alpha,
+                       temperature=scfg.temperature, unimodal_aux=scfg.unimodal_aux,
+                       single_passes=scfg.single_passes, single_pass_target=scfg.single_pass_target).to(self.device)
+        p_final = scfg.modality_dropout if row.dropout else 0.0
         ocfg = scfg.optim
         # Seeing all modalities, the frozen teacher answers each training view the same way in every
         # epoch, whatever the student's drop: its logits are computed once (cached on disk) instead
         # of once per step.
         extra: dict[str, CachedSplit] = {}
-        if kd and scfg.teacher_input == "all":
-            extra["teacher_logits"] = self.teacher_logits_all(teacher)
-        elif kd:
+        if row.distil and scfg.teacher_input == "all":
+            extra["teacher_logits"] = self.teacher_logits_all(task)
+        elif row.distil:
             extra["teacher_tokens"] = self.train_tokens
 
         def batches(epoch: int, start: int = 0):
@@ -623,36 +519,23 @@ class KarmmaPipeline:
             rate = p_final * min(1.0, (epoch + 1) / ramp) if ramp > 0 else p_final
             return self.loader(self.train_split, kind, epoch, start, ocfg.batch_size, extra, dropout=rate)
 
-        def step(b: dict[str, Any]) -> dict[str, torch.Tensor]:
-            mask = b.get("mask", b["present"])
-            inputs = {m: x.to(self.device) for m, x in b["inputs"].items()}
-            labels = {t: y.to(self.device) for t, y in b["labels"].items()}
-            out = ddp(inputs, mask.to(self.device))
-            if not kd:
-                losses = ce_loss(out["logits"], labels)
-            else:
-                if "teacher_logits" in b:
-                    t_logits = {t: v.to(self.device) for t, v in b["teacher_logits"].items()}
-                else:
-                    t_logits = self._teacher_step(teacher, b["teacher_tokens"], mask)
-                losses = kd_loss(out["logits"], t_logits, labels, scfg.alpha, scfg.temperature)
-            if aux_w > 0:
-                losses["loss_unimodal"] = unimodal_aux_loss(out, mask, labels, self.modalities)
-                losses["loss"] = losses["loss"] + aux_w * losses["loss_unimodal"]
-            if single_w > 0:
-                distil = kd and scfg.single_pass_target == "teacher"
-                losses["loss_single"] = self._single_pass_loss(out, mask, labels, b, teacher if distil else None)
-                losses["loss"] = losses["loss"] + single_w * losses["loss_single"]
-            return losses
-
-        steps = steps_per_epoch(len(self.train_split), ocfg.batch_size)
-        fit(ddp, step, batches, steps, ocfg, self.run_dir, kind, self.progress)
+        self.fit(task, batches, len(self.train_split), ocfg, kind)
         self.timings[kind] = time.perf_counter() - t0
         model.eval()
         if is_main():
             save_weights(model, self.run_dir / f"{kind}.safetensors")
         _log(f"{kind}: trained in {self.timings[kind]:.1f}s")
         return model
+
+    def fit(self, task: nn.Module, batches: Any, samples: int, ocfg: OptimConfig, stage: str) -> dict[str, Any]:
+        """Train ``task`` (a task module: ``forward(batch) -> losses``) with the one trainer: this
+        rank's steps over ``samples`` training samples, ``train.*`` (precision, step checkpoints,
+        log interval), per-step seeds from ``run.seed``."""
+        tcfg = self.cfg.train
+        return fit(task, lambda batch, module: module(batch), batches, steps_per_epoch(samples, ocfg.batch_size),
+                   ocfg, self.run_dir, stage, self.progress, precision=tcfg.precision,
+                   checkpoint_every=tcfg.checkpoint_every, seed=stable_seed(self.cfg.run.seed, stage),
+                   log_every=tcfg.log_every)
 
     def unimodal_init(self) -> dict[str, Path]:
         """``student.init_unimodal``: modality -> weights of its student encoder fitted alone.
@@ -677,49 +560,11 @@ class KarmmaPipeline:
             self._init_paths = paths
         return self._init_paths
 
-    def _single_pass_loss(self, out: dict[str, Any], mask: torch.Tensor, labels: dict[str, torch.Tensor],
-                          b: dict[str, Any], teacher: MultimodalRecognizer | None) -> torch.Tensor:
-        """Mean over modalities of the row's loss on its single-modality fusion passes
-        (``out["single_logits"]``): cross-entropy when ``teacher`` is None, else the KD loss against
-        the teacher's logits for the same input (all modalities with ``teacher_input: all``, else
-        the modality the pass saw: the teacher's own single passes, one batched call).
-
-        Why cross-entropy is the default for KD rows too (``single_pass_target: labels``): on the
-        synthetic demo, with rows started from unimodal fits, distilling the single passes left
-        the student 2 points behind Baseline w/ δ at p = 0.9 on average over 3 row seeds, and
-        cross-entropy put it level on average, ahead at 2 of the 3 (docs/karmma.md, sixth session).
-        With ``teacher_input: all`` the target of a lone-modality pass is the all-modality
-        teacher's answer, no better than the label when the teacher is less accurate than the rows;
-        with ``dropped`` it is the teacher's own lone-modality answer, which is weaker still.
-        """
-        if teacher is None:
-            return single_pass_ce(out, labels)
-        scfg = self.cfg.student
-        singles = out["single_logits"]
-        if "teacher_logits" in b:
-            t_all = {t: v.to(self.device) for t, v in b["teacher_logits"].items()}
-            t_single = {m: {t: v[rows] for t, v in t_all.items()} for m, (rows, _) in singles.items()}
-        else:
-            tokens = {m: x.to(self.device) for m, x in b["teacher_tokens"].items()}
-            with torch.no_grad():
-                passes = single_pass_logits(teacher.fusion, tokens, mask.to(self.device), self.token_counts)
-            t_single = {m: lg for m, (_, lg) in passes.items()}
-        terms = [kd_loss(logits, t_single[m], {t: y[rows] for t, y in labels.items()}, scfg.alpha,
-                         scfg.temperature)["loss"] for m, (rows, logits) in singles.items()]
-        return torch.stack(terms).mean() if terms else torch.zeros((), device=mask.device)
-
-    def _teacher_step(self, teacher: MultimodalRecognizer | None, tokens: dict[str, torch.Tensor],
-                      mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The frozen teacher's logits on cached ``tokens`` with the modalities in ``mask``."""
-        assert teacher is not None
-        with torch.no_grad():
-            return teacher.fusion({m: x.to(self.device) for m, x in tokens.items()}, mask.to(self.device),
-                                  self.token_counts)["logits"]
-
-    def teacher_logits_all(self, teacher: MultimodalRecognizer | None) -> CachedSplit:
+    def teacher_logits_all(self, task: RowTask) -> CachedSplit:
         """Per training sample and view, the teacher's logits with all of its modalities
         (``student.teacher_input: all``), cached on disk in the run directory (float32) by the
         teacher's weights: every rank computes its share once, every KD row reads them."""
+        teacher = task.teacher
         assert teacher is not None
         tasks = tuple(self.heads)
         from actdistill.engine.fewshot import weights_hash
@@ -728,7 +573,7 @@ class KarmmaPipeline:
         shard = Shard.of_rank()
 
         def fn(tokens: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {t: v.cpu() for t, v in self._teacher_step(teacher, tokens, present).items()}
+            return {t: v.cpu() for t, v in task.teacher_logits(tokens, present.to(self.device)).items()}
 
         root = self.run_dir / "cache"
         with FeatureCache(root, "teacher-logits", key, dtype=None, writer=shard.writer) as cache:
