@@ -29,7 +29,7 @@ def _pipe(tiny_root: Path, tmp_path: Path, *overrides: str):  # type: ignore[no-
     cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / 'cache'}", *TINY,
                              "student.init_unimodal=[]", *overrides])
     run = tmp_path / "run"
-    run.mkdir(exist_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
     pipe = KarmmaPipeline(cfg, run)
     pipe.load_data()
     return pipe
@@ -122,3 +122,70 @@ def test_bf16_mixed_and_step_checkpoints_on_a_row(tiny_root: Path, tmp_path: Pat
     kinds = {r["kind"] for r in rows}
     assert kinds == {"step", "epoch"} and all(r["loss"] for r in rows)
     assert any(r.get("samples_per_s") for r in rows if r["kind"] == "epoch")
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_every_stage_resumes_bit_identical_after_a_kill_inside_it(tiny_root: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed inside a stage (after a step checkpoint: ``train.checkpoint_every=1``), at a
+    random step of each of the unimodal fit, the teacher, a dropout row and a distilling row, and
+    then resumed, ends with exactly the weights of an uninterrupted run: every random stream (batch
+    order, modality dropout, nn.Dropout) is a function of the run's seed and the step, not of the
+    process that happened to run it."""
+    import random
+
+    from actdistill.engine import karmma
+    from safetensors.torch import load_file
+
+    overrides = ["train.checkpoint_every=1", "teacher.unimodal_optim.epochs=2", "teacher.optim.epochs=2",
+                 "student.optim.epochs=2", "teacher.unimodal_optim.batch_size=2", "teacher.optim.batch_size=2",
+                 "student.optim.batch_size=2", "student.teacher_input=dropped", "teacher.fit_unimodal=[audio]",
+                 "teacher.model.fusion={dim: 32, depth: 1, num_heads: 2, dropout: 0.2}"]
+    pick = random.Random(7)
+    kills = {"unimodal_audio": pick.randint(1, 5), "teacher": pick.randint(1, 5),
+             "baseline_delta": pick.randint(1, 5), "student": pick.randint(1, 5)}
+    real_fit = karmma.fit
+    pending = dict(kills)
+
+    def killing_fit(task, step, batches, steps, ocfg, run_dir, stage, *args, **kwargs):  # type: ignore[no-untyped-def]
+        key = next((k for k in pending if stage.startswith(k)), None)
+        seen = [0]
+
+        def counted(batch, module):  # type: ignore[no-untyped-def]
+            if key is not None and seen[0] == pending[key]:
+                del pending[key]
+                raise _Killed(stage)
+            seen[0] += 1
+            return step(batch, module)
+
+        return real_fit(task, counted, batches, steps, ocfg, run_dir, stage, *args, **kwargs)
+
+    def run(root: Path) -> dict[str, dict[str, torch.Tensor]]:
+        while True:
+            try:
+                pipe = _pipe(tiny_root, root, *overrides)
+                ext = pipe.build_extractors()
+                pipe.teacher_tokens(ext)
+                teacher = pipe.train_teacher(ext)
+                for kind in ("baseline_delta", "student"):
+                    pipe.train_row(kind, teacher)
+                break
+            except _Killed:
+                continue  # the same command again: resume
+        fits = sorted((root / "cache" / "unimodal").glob("audio-*.safetensors"))
+        out = {name: load_file(str(pipe.run_dir / f"{name}.safetensors"))
+               for name in ("teacher", "baseline_delta", "student")}
+        out["fit"] = load_file(str(fits[0]))
+        return out
+
+    straight = run(tmp_path / "straight")
+    monkeypatch.setattr(karmma, "fit", killing_fit)
+    resumed = run(tmp_path / "killed")
+    assert not pending, f"kills not reached: {pending}"
+    for name, weights in straight.items():
+        assert weights.keys() == resumed[name].keys()
+        for k, v in weights.items():
+            assert torch.equal(v, resumed[name][k]), (name, k)
