@@ -193,6 +193,45 @@ def test_drop_repeats_average_seeded_draws() -> None:
         evaluate_missing_modalities(predict, batches, ["a", "b"], drop_rates=(0.5,), drop_repeats=0)
 
 
+def test_drop_draws_do_not_depend_on_batching_or_sharing_out() -> None:
+    """Drop draws are keyed per sample: the protocol gives the same numbers whatever the batch
+    size, and when the samples are shared out to two processes whose results are merged."""
+    from actdistill.evaluation.protocols import Collected
+
+    gen = torch.Generator().manual_seed(1)
+    n = 30
+    present = torch.rand(n, 3, generator=gen) < 0.8
+    present[:, 0] = True
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    weights = torch.randn(3, 3, generator=gen)
+
+    def predict(batch, present):
+        return {"class": present.float() @ weights + torch.nn.functional.one_hot(batch["labels"]["class"], 3)}
+
+    def batches(rows, size):
+        for i in range(0, len(rows), size):
+            idx = torch.tensor(rows[i:i + size])
+            yield {"present": present[idx], "labels": {"class": labels[idx]}, "index": idx,
+                   "uid": [f"clip{j}" for j in idx.tolist()]}
+
+    def run(shares, size):
+        parts = []
+        res = None
+        for share in shares:
+            res = evaluate_missing_modalities(predict, batches(share, size), ["a", "b", "c"], drop_rates=(0.5, 0.9),
+                                              drop_repeats=3, gather=lambda c: parts.append(c) or c)
+        if len(shares) == 1:
+            return res
+        merged = Collected.merge(parts)
+        return evaluate_missing_modalities(predict, [], ["a", "b", "c"], drop_rates=(0.5, 0.9), drop_repeats=3,
+                                           gather=lambda _c: merged)
+
+    whole = run([list(range(n))], 7)
+    for other in (run([list(range(n))], 30), run([list(range(0, n, 2)), list(range(1, n, 2))], 4)):
+        assert other["subsets"] == whole["subsets"] and other["drop_curve"] == whole["drop_curve"]
+        torch.testing.assert_close(other["full"]["logits"]["class"], whole["full"]["logits"]["class"])
+
+
 def test_wilson_interval_known_values_and_edges() -> None:
     from actdistill.evaluation.protocols import wilson_interval
 

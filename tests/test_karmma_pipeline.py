@@ -153,6 +153,11 @@ def test_torchrun_ddp_matches_one_process(tiny_root: Path, tmp_path: Path) -> No
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert list(summary) == ["teacher", "baseline", "student"]
     assert all(len(s["subsets"]) == 15 for s in summary.values())
+    # evaluation: each rank scored its share of the test clips (drop draws keyed per clip), gathered
+    alone = json.loads((tmp_path / "single" / "summary.json").read_text())
+    for row in summary:
+        assert summary[row]["subsets"] == alone[row]["subsets"], row
+        assert summary[row]["drop_curve"] == alone[row]["drop_curve"], row
 
 
 def _without_invariant_directions(name: str, t: torch.Tensor) -> torch.Tensor:

@@ -137,8 +137,9 @@ def test_every_stage_resumes_bit_identical_after_a_kill_inside_it(tiny_root: Pat
     process that happened to run it."""
     import random
 
-    from actdistill.engine import karmma
     from safetensors.torch import load_file
+
+    from actdistill.engine import karmma
 
     overrides = ["train.checkpoint_every=1", "teacher.unimodal_optim.epochs=2", "teacher.optim.epochs=2",
                  "student.optim.epochs=2", "teacher.unimodal_optim.batch_size=2", "teacher.optim.batch_size=2",

@@ -21,7 +21,6 @@ process, and a killed shard resumes by skipping the chunks it had written.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +37,10 @@ from actdistill.data.records import DataError, DatasetIndex
 from actdistill.distill.dropout import modality_dropout
 from actdistill.engine.cache import FeatureCache, cache_key_hash
 from actdistill.engine.distributed import barrier, is_main, rank, world_size
+from actdistill.seeding import stable_seed
 
 #: default decoding/extraction chunk (``cache.chunk``): fixed, so a chunk's batch is the same for every world size
 CHUNK = 8
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 63-bit seed from any printable parts, equal in every process and Python session (unlike
-    ``hash``): per-sample random draws keyed by it do not depend on rank, batch or worker."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclass(frozen=True)
@@ -198,7 +191,7 @@ class ViewDataset(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         i = self.rows[k]
-        item: dict[str, Any] = {"index": i, "inputs": self.split.item(i, self.view),
+        item: dict[str, Any] = {"index": i, "uid": self.split.uids[i], "inputs": self.split.item(i, self.view),
                                 "labels": {t: y[i] for t, y in self.split.labels.items()}}
         for name, other in self.extra.items():
             item[name] = other.item(i, self.view)
@@ -246,6 +239,7 @@ class CollateViews:
             "inputs": inputs, "present": present,
             "labels": {t: torch.stack([torch.as_tensor(it["labels"][t]) for it in items]) for t in items[0]["labels"]},
             "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+            "uid": [it["uid"] for it in items],
         }
         if "mask" in items[0]:
             batch["mask"] = torch.stack([it["mask"] for it in items])
@@ -270,7 +264,7 @@ class AllViewsDataset(Dataset):
 
 class CollateAllViews:
     """Collate :class:`AllViewsDataset` items: ``views`` (one input dict per view), and
-    ``present``, ``labels``, ``index`` of view 0."""
+    ``present``, ``labels``, ``index``, ``uid`` of view 0."""
 
     def __init__(self, split: CachedSplit) -> None:
         self.one = CollateViews(split)
@@ -278,12 +272,12 @@ class CollateAllViews:
     def __call__(self, items: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
         per = [self.one([it[v] for it in items]) for v in range(len(items[0]))]
         return {"views": [b["inputs"] for b in per], "present": per[0]["present"], "labels": per[0]["labels"],
-                "index": per[0]["index"]}
+                "index": per[0]["index"], "uid": per[0]["uid"]}
 
 
-def eval_loader(split: CachedSplit, batch_size: int, workers: int = 0) -> DataLoader:
-    """All of ``split`` in order, every view of a sample in one batch entry, not sharded."""
-    return DataLoader(AllViewsDataset(split), batch_size=batch_size, shuffle=False, num_workers=workers,
+def eval_loader(split: CachedSplit, batch_size: int, workers: int = 0, rows: Sequence[int] | None = None) -> DataLoader:
+    """``rows`` of ``split`` (default: all) in order, every view of a sample in one batch entry."""
+    return DataLoader(AllViewsDataset(split, rows), batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=CollateAllViews(split))
 
 

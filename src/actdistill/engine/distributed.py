@@ -101,3 +101,13 @@ def from_main(fn: Callable[[], T], timeout_min: float | None = None) -> T:
     box = [fn() if is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]  # type: ignore[return-value]
+
+
+def gather_objects(obj: T) -> list[T]:
+    """Every rank's ``obj`` in rank order (``[obj]`` in a single process): how a stage that shares
+    its samples out to ranks (evaluation) puts the results back together."""
+    if not is_distributed():
+        return [obj]
+    out: list[T | None] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out  # type: ignore[return-value]

@@ -47,10 +47,9 @@ from actdistill.engine.clips import (
     load_clips,
     make_loader,
     map_split,
-    stable_seed,
     steps_per_epoch,
 )
-from actdistill.engine.distributed import barrier, init_from_env, is_main
+from actdistill.engine.distributed import barrier, gather_objects, init_from_env, is_main
 from actdistill.engine.tasks import (  # noqa: F401  (re-exported: the training blocks used to live here)
     ROWS,
     FusionWithSingles,
@@ -66,11 +65,18 @@ from actdistill.engine.tasks import (  # noqa: F401  (re-exported: the training 
 )
 from actdistill.engine.trainer import OptimConfig, fit
 from actdistill.evaluation.efficiency import count_parameters, profile_forward, time_fn
-from actdistill.evaluation.protocols import DROP_RATES, evaluate_missing_modalities, modality_subsets, subset_name
+from actdistill.evaluation.protocols import (
+    DROP_RATES,
+    Collected,
+    evaluate_missing_modalities,
+    modality_subsets,
+    subset_name,
+)
 from actdistill.experiment import RunConfig
 from actdistill.models.encoders.base import Encoder, build_encoder
 from actdistill.models.fusion import KARMMAFusion, MultimodalRecognizer, build_karmma
 from actdistill.models.late_fusion import build_late_fusion
+from actdistill.seeding import stable_seed
 
 ROW_KINDS = tuple(ROWS.names())  # the registered rows (engine.tasks.ROWS); kept for callers of the tuple
 
@@ -595,8 +601,11 @@ class KarmmaPipeline:
                     for inp in batch["views"]]
             return {t: torch.stack([o[t] for o in outs]).mean(0).cpu() for t in outs[0]}
 
+        shard = Shard.of_rank()  # every rank scores its share of the test samples; the shares are gathered
+
         def batches() -> Any:
-            loader = eval_loader(split, self.cfg.eval.batch_size, self.cfg.data.num_workers)
+            rows = [i for i in range(len(split)) if i % shard.count == shard.index]
+            loader = eval_loader(split, self.cfg.eval.batch_size, self.cfg.data.num_workers, rows)
             for b in tqdm(loader, desc=f"evaluate {name}", unit="batch", leave=False,
                           disable=not (self.progress and is_main())):
                 if encode is not None:
@@ -606,7 +615,8 @@ class KarmmaPipeline:
 
         t0 = time.perf_counter()
         res = evaluate_missing_modalities(predict, batches(), self.modalities, self.cfg.eval.drop_rates,
-                                          self.cfg.eval.seed, drop_repeats=self.cfg.eval.drop_repeats)
+                                          self.cfg.eval.seed, drop_repeats=self.cfg.eval.drop_repeats,
+                                          gather=lambda part: Collected.merge(gather_objects(part)))
         self.timings[f"eval_{name}"] = time.perf_counter() - t0
         return res
 

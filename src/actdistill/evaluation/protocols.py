@@ -4,7 +4,8 @@
   the modalities it actually has inside that subset; samples that have none of them are left out
   of that subset's score (and counted), never scored on fabricated input.
 * Dynamic: each available modality is dropped independently with probability ``p``, at least
-  one kept, with a fixed seed per ``p`` so every model sees exactly the same drops.
+  one kept, with a seed per (``p``, draw, sample) so every model sees exactly the same drops
+  whatever the batch size or the number of processes sharing the test set.
 Single numbers: area under the drop-rate curve (trapezoid over p, divided by the p range, i.e.
 the curve's mean height) and the worst subset's accuracy.
 """
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from actdistill.evaluation.metrics import primary_metric, score
+from actdistill.seeding import stable_seed
 
 Predict = Callable[[Mapping[str, Any], torch.Tensor], Mapping[str, torch.Tensor]]
 DROP_RATES = tuple(round(0.1 * i, 1) for i in range(10))
@@ -46,25 +49,62 @@ def drop_modalities(present: torch.Tensor, p: float, generator: torch.Generator)
     return kept
 
 
-Scored = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
-MaskFn = Callable[[torch.Tensor], torch.Tensor]
+MaskFn = Callable[[torch.Tensor, Sequence[Any]], torch.Tensor]
 
 
-def _run_all(predict: Predict, batches: Iterable[Mapping[str, Any]], masks: Sequence[MaskFn]) -> list[Scored]:
+def keyed_drop(present: torch.Tensor, p: float, keys: Sequence[Any], *salt: Any) -> torch.Tensor:
+    """:func:`drop_modalities` with one generator per sample, seeded by ``(salt, key)``.
+
+    Why per sample: a sample's drop draw then depends on the sample alone, not on which samples
+    were evaluated before it, so the protocol gives the same draws for any batch size and when the
+    test set is shared out to ranks and gathered."""
+    rows = [drop_modalities(present[i:i + 1], p, torch.Generator().manual_seed(stable_seed(*salt, key)))
+            for i, key in enumerate(keys)]
+    return torch.cat(rows) if rows else present.clone()
+
+
+@dataclass
+class Collected:
+    """Every mask's logits and scored rows for a set of samples (``index``: their positions)."""
+
+    index: torch.Tensor
+    labels: dict[str, torch.Tensor]
+    logits: list[dict[str, torch.Tensor]]
+    valid: list[torch.Tensor]
+
+    @staticmethod
+    def merge(parts: Sequence[Collected]) -> Collected:
+        """One :class:`Collected` from disjoint parts (e.g. one per rank), in sample order."""
+        index = torch.cat([c.index for c in parts])
+        order = torch.argsort(index)
+        cat = torch.cat
+        return Collected(index[order], {t: cat([c.labels[t] for c in parts])[order] for t in parts[0].labels},
+                         [{t: cat([c.logits[k][t] for c in parts])[order] for t in parts[0].logits[k]}
+                          for k in range(len(parts[0].logits))],
+                         [cat([c.valid[k] for c in parts])[order] for k in range(len(parts[0].valid))])
+
+
+def collect(predict: Predict, batches: Iterable[Mapping[str, Any]], masks: Sequence[MaskFn]) -> Collected:
     """Every mask's logits, labels and scored rows, reading each batch once.
 
     The loop runs over batches outside and masks inside, so a batch is read (and, by a caller
     that caches per batch, encoded) once whatever the number of masks, and ``batches`` may be a
-    one-pass stream from disk. A seeded mask (a drop draw) consumes its own generator batch by
-    batch in order, so its masks are the ones a pass of that mask alone would draw.
+    one-pass stream from disk. A mask gets the batch's presence and its samples' keys
+    (``batch["uid"]``, else their running position in the stream).
     """
     logits: list[dict[str, list[torch.Tensor]]] = [{} for _ in masks]
     valid: list[list[torch.Tensor]] = [[] for _ in masks]
     labels: dict[str, list[torch.Tensor]] = {}
+    index: list[torch.Tensor] = []
+    seen = 0
     for batch in batches:
         present = batch["present"]
+        n = present.shape[0]
+        keys = batch.get("uid") or list(range(seen, seen + n))
+        index.append(torch.as_tensor(batch["index"]) if "index" in batch else torch.arange(seen, seen + n))
+        seen += n
         for k, mask_fn in enumerate(masks):
-            mask = mask_fn(present)
+            mask = mask_fn(present, keys)
             ok = mask.any(1)
             # rows with nothing left keep their full input (so every model gets a valid forward) but are not scored
             effective = torch.where(ok[:, None], mask, present)
@@ -75,9 +115,11 @@ def _run_all(predict: Predict, batches: Iterable[Mapping[str, Any]], masks: Sequ
             valid[k].append(ok)
         for task, y in batch["labels"].items():
             labels.setdefault(task, []).append(y.cpu())
-    cat_labels = {t: torch.cat(v) for t, v in labels.items()}
-    return [({t: torch.cat(v) for t, v in lg.items()}, cat_labels,
-             torch.cat(ok) if ok else torch.zeros(0, dtype=torch.bool)) for lg, ok in zip(logits, valid)]
+    empty = torch.zeros(0, dtype=torch.bool)
+    return Collected(torch.cat(index) if index else torch.zeros(0, dtype=torch.long),
+                     {t: torch.cat(v) for t, v in labels.items()},
+                     [{t: torch.cat(v) for t, v in lg.items()} for lg in logits],
+                     [torch.cat(ok) if ok else empty for ok in valid])
 
 
 def _score_valid(
@@ -109,6 +151,7 @@ def evaluate_missing_modalities(
     seed: int = 0,
     subsets: Sequence[Sequence[str]] | None = None,
     drop_repeats: int = 1,
+    gather: Callable[[Collected], Collected] | None = None,
 ) -> dict[str, Any]:
     """Run both protocols. ``predict(batch, present)`` returns logits per task for the given mask.
 
@@ -117,6 +160,10 @@ def evaluate_missing_modalities(
     modality each clip happened to keep as much as on the model; the mean of several fixed-seed
     draws is as reproducible and much less noisy (draw 0 is the single-draw protocol's draw).
     The interval ``ci95`` still counts clips, not draws: repeats do not add test samples.
+
+    Drop draws are keyed per sample (:func:`keyed_drop`), so ``batches`` may be any share of the
+    test set: ``gather`` turns this process's :class:`Collected` into the whole set's (e.g. all
+    ranks' shares merged) before the metrics are computed.
     """
     if drop_repeats < 1:
         raise ValueError(f"drop_repeats must be at least 1, got {drop_repeats}")
@@ -126,12 +173,14 @@ def evaluate_missing_modalities(
     masks: list[MaskFn] = []
     for subset in chosen:
         sel = torch.tensor([m in subset for m in mods])
-        masks.append(lambda present, s=sel: present & s)
+        masks.append(lambda present, _keys, s=sel: present & s)
     for p in drop_rates:
         for r in range(drop_repeats):
-            gen = torch.Generator().manual_seed(seed * 1000 + round(p * 100) + 1_000_003 * r)
-            masks.append(lambda present, g=gen, q=p: drop_modalities(present, q, g))
-    scored = _run_all(predict, batches, masks)
+            masks.append(lambda present, keys, q=p, r=r: keyed_drop(present, q, keys, "drop", seed, round(q * 100), r))
+    got = collect(predict, batches, masks)
+    if gather is not None:
+        got = gather(got)
+    scored = [(logits, got.labels, valid) for logits, valid in zip(got.logits, got.valid)]
     full_logits: dict[str, torch.Tensor] | None = None
     for subset, (logits, labels, valid) in zip(chosen, scored):
         metrics = _score_valid(logits, labels, valid)
