@@ -31,6 +31,7 @@ from actdistill.models.fewshot.reference_import import (
     export_reference_state_dict,
     load_reference_state_dict,
     read_state_dict,
+    reference_forward,
 )
 
 REF_DIR = Path(__file__).parent / "fixtures" / "clip_m2df_reference"
@@ -147,7 +148,12 @@ def run(model: CLIPM2DF, ep: dict[str, torch.Tensor], seed: int = 0, **kw: Any) 
     random.seed(seed)
     torch.manual_seed(seed)
     return model(
-        ep["support"], ep["support_labels"], ep["query"], ep["support_real_labels"], ep["query_real_labels"], **kw
+        ep["support"],
+        ep["support_labels"],
+        ep["query"],
+        support_real_labels=ep["support_real_labels"],
+        query_real_labels=ep["query_real_labels"],
+        **kw,
     )
 
 
@@ -194,8 +200,8 @@ def test_matches_reference(name: str) -> None:
         _no_dropout(model)  # as the fixture's train-mode cases were produced
     random.seed(case["random_seed"])
     with torch.no_grad():
-        out = model(
-            ep["support"], ep["support_labels"], ep["query"], ep["support_real_labels"], ep["query_real_labels"]
+        out = reference_forward(  # the reference's argument order
+            model, ep["support"], ep["support_labels"], ep["query"], ep["support_real_labels"], ep["query_real_labels"]
         )
     assert torch.equal(out["prompt_index"], expected[f"{name}/prompt_index"])
     assert torch.equal(out["pps_argmax"], expected[f"{name}/argmax_index"])
@@ -270,12 +276,12 @@ def test_query_labels_from_real_labels_and_without_labels() -> None:
     with torch.no_grad():
         derived = run(model, ep)
         given = run(model, ep, query_labels=ep["query_labels"])
-        bare = model(ep["support"], ep["support_labels"], ep["query"], ep["support_real_labels"])
+        bare = model(ep["support"], ep["support_labels"], ep["query"], support_real_labels=ep["support_real_labels"])
     assert derived["loss_ce"].item() == pytest.approx(given["loss_ce"].item())
     assert "loss" not in bare and "loss_ce" not in bare and "loss_distill" in bare
     torch.testing.assert_close(bare["logits"], given["logits"])
     with pytest.raises(ValueError, match=r"0\.\.way-1"):
-        model(ep["support"], ep["support_labels"] + 1, ep["query"], ep["support_real_labels"])
+        model(ep["support"], ep["support_labels"] + 1, ep["query"], support_real_labels=ep["support_real_labels"])
 
 
 def test_loss_is_reference_sum_over_16() -> None:
@@ -335,11 +341,11 @@ def test_pps_sampling_is_seeded() -> None:
     faithful = small_model(faithful=True, pps_scale=5.0).eval()  # flat probabilities: varied draws
     with torch.no_grad():
         random.seed(1)
-        a = faithful(ep["support"], ep["support_labels"], ep["query"], ep["support_real_labels"])
+        a = faithful(ep["support"], ep["support_labels"], ep["query"], support_real_labels=ep["support_real_labels"])
         random.seed(1)
-        b = faithful(ep["support"], ep["support_labels"], ep["query"], ep["support_real_labels"])
+        b = faithful(ep["support"], ep["support_labels"], ep["query"], support_real_labels=ep["support_real_labels"])
         random.seed(2)
-        c = faithful(ep["support"], ep["support_labels"], ep["query"], ep["support_real_labels"])
+        c = faithful(ep["support"], ep["support_labels"], ep["query"], support_real_labels=ep["support_real_labels"])
     assert torch.equal(a["prompt_index"], b["prompt_index"])
     assert not torch.equal(a["prompt_index"], c["prompt_index"])
     expected = [random.Random(1).choices(range(5), weights=a["pps_probs"][0])[0]]
@@ -348,9 +354,9 @@ def test_pps_sampling_is_seeded() -> None:
     fixed = small_model(pps_scale=5.0).eval()
     with torch.no_grad():
         torch.manual_seed(3)
-        x = fixed(ep["support"], ep["support_labels"], ep["query"], ep["support_real_labels"])
+        x = fixed(ep["support"], ep["support_labels"], ep["query"], support_real_labels=ep["support_real_labels"])
         torch.manual_seed(3)
-        y = fixed(ep["support"], ep["support_labels"], ep["query"], ep["support_real_labels"])
+        y = fixed(ep["support"], ep["support_labels"], ep["query"], support_real_labels=ep["support_real_labels"])
     assert torch.equal(x["prompt_index"], y["prompt_index"])
 
 
@@ -774,7 +780,32 @@ def test_per_video_stages_give_the_same_logits(faithful: bool) -> None:
         s, q = model.video_stage(ep["support"]), model.video_stage(ep["query"])
         random.seed(0)
         torch.manual_seed(0)
-        got = model.episode_logits(s, ep["support_labels"], q, ep["support_real_labels"])
+        got = model.episode_logits(s, ep["support_labels"], q, support_real_labels=ep["support_real_labels"])
     assert set(got) >= {"logits", "d_local", "d_global"} and "loss_distill" not in got
     torch.testing.assert_close(got["logits"], want["logits"], rtol=0, atol=1e-6)
     assert torch.equal(got["prompt_index"], want["prompt_index"])
+
+
+def test_follows_the_few_shot_head_contract() -> None:
+    """CLIP-M²DF is a registered few-shot head with the shared call signature; the reference's
+    argument order goes through ``reference_forward`` and gives the same episode."""
+    from actdistill.models.fewshot import FEWSHOT_HEADS, EpisodicHead
+
+    assert FEWSHOT_HEADS.get("clip_m2df") is CLIPM2DF and issubclass(CLIPM2DF, EpisodicHead)
+    assert CLIPM2DF.loss_scaled and CLIPM2DF.uses_text
+    model = small_model(pps="argmax").eval()
+    ep = small_episode(qpc=2)
+    with torch.no_grad():
+        ours = model(ep["support"], ep["support_labels"], ep["query"], ep["query_labels"],
+                     support_real_labels=ep["support_real_labels"], query_real_labels=ep["query_real_labels"])
+        ref = reference_forward(model, ep["support"], ep["support_labels"], ep["query"], ep["support_real_labels"],
+                                ep["query_real_labels"], ep["query_labels"])
+    for key in ("logits", "loss", "loss_ce", "loss_distill", "loss_text"):
+        assert torch.equal(ours[key], ref[key]), key
+    with pytest.raises(ValueError, match="support_real_labels"):  # the reference order, called directly
+        model(ep["support"], ep["support_labels"], ep["query"])
+    head = CLIPM2DF.for_episodes(32, {"mlp_dim": 64}, text_dim=32, accumulate=4)
+    assert head.tasks_per_batch == 4 and isinstance(head.text_proj, torch.nn.Identity)
+    assert isinstance(CLIPM2DF.for_episodes(32, {"mlp_dim": 64}, text_dim=384).text_proj, torch.nn.Linear)
+    with pytest.raises(ValueError, match="text tables are 100-d"):
+        CLIPM2DF.for_episodes(32, {}, text_dim=100)

@@ -1,33 +1,44 @@
 """Few-shot pipeline: episodic training -> frozen-backbone feature cache -> seeded test episodes -> report.
 
 One framework for CLIP-M²DF (ours) and the baselines ProtoNet, OTAM, TRX and CLIP-FSAR
-(``specs/clip_m2df.md``). Every method is an :class:`EpisodeNet`: a frame backbone (shared and
-frozen, or the method's own and fine-tuned), an optional learned projection to the head width,
-and the method's episodic head. All methods therefore see the same backbone features.
+(``specs/clip_m2df.md``), and for any head registered with
+:func:`~actdistill.models.fewshot.register_head`: the few-shot registry is the only list of
+methods. Every method is an :class:`EpisodeNet`: a frame backbone (shared and frozen, or the
+method's own and fine-tuned), an optional learned projection to the head width, and the method's
+episodic head, which computes its own loss (the head contract,
+:class:`~actdistill.models.fewshot.EpisodicHead`). All methods therefore see the same backbone
+features, and this module only orchestrates.
 
 Stages (each resumable, each skipped when its result is already on disk):
 
 1. **Index.** The train and test splits through the ``fewshot`` adapter (TRX split files), text
    tables from the class names (one row per class of the split, in real-label order).
-2. **Train.** Per method: episodes drawn by :class:`~actdistill.data.episodes.EpisodeSampler`
-   (episode ``i`` is a pure function of ``(seed, i)``), the loss accumulated over
-   ``accumulate`` (16) episodes per Adam step at a constant LR. Every piece of randomness of
-   episode ``i`` (dropout, PPS sampling, the cached training view) is seeded from ``(seed, i)``,
-   so a run resumed from a checkpoint ends with exactly the weights of an uninterrupted one.
-   With a frozen backbone, training reads cached backbone features of ``train_views`` jittered
-   views per video (train-mode sampling); with ``finetune`` it decodes frames per episode.
+2. **Train.** Per method, on the shared trainer (:func:`~actdistill.engine.trainer.fit_steps`:
+   Fabric precision, safetensors step checkpoints with exact resume, ``logs/<method>/metrics.csv``):
+   episodes drawn by :class:`~actdistill.data.episodes.EpisodeSampler` (episode ``i`` is a pure
+   function of ``(seed, i)``), the loss accumulated over ``accumulate`` (16) episodes per Adam step
+   at a constant LR. Every piece of randomness of episode ``i`` (dropout, PPS sampling, the cached
+   training view, the clip draws) is seeded from ``(seed, i)``, so a run resumed from a checkpoint
+   ends with exactly the weights of an uninterrupted one. With a frozen backbone, training reads
+   cached backbone features of ``train_views`` jittered views per video (train-mode sampling);
+   with ``finetune`` a DataLoader decodes each episode's frames (``data.num_workers`` workers).
 3. **Cache.** At test time the backbone is frozen, so every test video is encoded once, with
    the deterministic test-mode sampling, into a :class:`~actdistill.engine.cache.FeatureCache`
    keyed by the backbone weights' hash and the data config (float32: bit-for-bit the features
-   a re-encoding would compute). Episodes then cost only the head.
+   a re-encoding would compute). Every rank encodes its chunks under its own cache writer; the
+   features are then read per episode (held in memory when the cache is at most
+   ``cache_in_memory_mb``). Episodes then cost only the head.
 4. **Evaluate.** ``episodes`` seeded test episodes per setting (``5way1shot``, ``5way5shot``; 1
    query per class): mean accuracy, ``1.96 * std / sqrt(n)``, per-class accuracy.
 5. **Report.** ``summary.json`` (per method, per setting: ``acc``, ``ci95``, ``episodes``),
    ``per_class.json``, ``report.md`` and ``accuracy.png`` (bars with the 95% intervals).
 
-DDP: under ``torchrun`` the episodes of one accumulation step are split over the ranks
-(round robin); gradients are summed across ranks, so one step sees the same 16 episodes as on
-one process. Rank 0 alone writes checkpoints, caches and reports.
+DDP: under ``torchrun`` every rank works. The episodes of one accumulation step are split over
+the ranks (round robin, :func:`rank_episodes`; ``accumulate`` must be a multiple of the world
+size); gradients are summed across ranks, so one step sees the same 16 episodes as on one
+process. Feature encoding is sharded by chunks, test episode ``i`` runs on rank ``i % world``
+and the results are summed over ranks, so every rank reports one process's numbers. Rank 0
+alone writes checkpoints, logs and reports; each rank writes its own cache files.
 """
 
 from __future__ import annotations
@@ -38,8 +49,8 @@ import random
 import re
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,20 +58,21 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from actdistill.config import to_dict
 from actdistill.data.builder import DataConfig, SamplingConfig, SpatialConfig, build_dataset, load_index
-from actdistill.data.episodes import Episode, EpisodeSampler
-from actdistill.data.records import DatasetIndex
+from actdistill.data.episodes import EpisodeSampler
+from actdistill.data.records import DataError, DatasetIndex
 from actdistill.engine.cache import FeatureCache
-from actdistill.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint, save_weights
-from actdistill.engine.clips import clip_cache_key
-from actdistill.engine.distributed import barrier, init_from_env, is_main, main_first, rank, world_size, wrap_ddp
+from actdistill.engine.checkpoint import load_weights, save_weights
+from actdistill.engine.clips import CHUNK, Shard, clip_cache_key
+from actdistill.engine.distributed import barrier, init_from_env, is_distributed, is_main, main_first, rank, world_size
+from actdistill.engine.trainer import PRECISIONS, OptimConfig, fit_steps
 from actdistill.experiment import RunConfig
+from actdistill.models.fewshot import FEWSHOT_HEADS, fewshot_methods
 
-METHODS = ("clip_m2df", "protonet", "otam", "trx", "clip_fsar")
-TEXT_METHODS = ("clip_m2df", "clip_fsar")
 SETTING_RE = re.compile(r"^(\d+)way(\d+)shot$")
 TEXT_ENCODERS = ("bow", "clip", "minilm")
 
@@ -130,7 +142,7 @@ class HeadConfig:
     evaluates an imported model as it is."""
 
     dim: int = 256
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=fewshot_methods)  # every registered few-shot head
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     init: dict[str, str] = field(default_factory=dict)  # method -> checkpoint to start from (see init_from)
 
@@ -147,6 +159,7 @@ class EpisodeTrainConfig:
     train_views: int = 4
     checkpoint_every: int = 50  # optimizer steps between checkpoints
     log_every: int = 25
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed (CUDA): autocast of each episode's forward
 
 
 @dataclass
@@ -162,6 +175,8 @@ class FewShotConfig:
     data: DataConfig = field(default_factory=_fewshot_data)
     run: RunConfig = field(default_factory=lambda: RunConfig(name="fewshot"))
     cache_root: str = ".cache/actdistill"
+    # feature caches at most this large on disk are held in memory; larger ones are read per episode
+    cache_in_memory_mb: float = 1024.0
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     text: TextConfig = field(default_factory=TextConfig)
     heads: HeadConfig = field(default_factory=HeadConfig)
@@ -298,46 +313,35 @@ def text_tables(cfg: FewShotConfig, train_names: Sequence[str], test_names: Sequ
 
 # ------------------------------------------------------------------------------------------------ model
 class EpisodeNet(nn.Module):
-    """Backbone (own or shared-frozen) + projection + one episodic head, with one call signature.
+    """Backbone (own or shared-frozen) + projection + one registered episodic head, with one call signature.
 
     ``forward`` takes frames ``[B, T, 3, H, W]`` or backbone features ``[B, T, F]``; a frozen
-    shared backbone is held outside the module tree (not trained, not in the state dict).
-    ``loss_scaled`` says whether the head's loss is already divided by the accumulation count
-    (CLIP-M²DF's is, as in the reference; the baselines' per-episode means are not).
+    shared backbone is held outside the module tree (not trained, not in the state dict). The
+    head is built through the few-shot contract
+    (:class:`~actdistill.models.fewshot.protonet.EpisodicHead`), so any head registered with
+    ``register_head`` trains and evaluates here. ``loss_scaled`` says whether the head's loss
+    is already divided by the accumulation count.
     """
 
     def __init__(self, method: str, feat_dim: int, dim: int, options: Mapping[str, Any],
                  backbone: nn.Module | None = None, frozen_backbone: nn.Module | None = None,
                  text_train: Tensor | None = None, text_test: Tensor | None = None, accumulate: int = 16) -> None:
         super().__init__()
-        import actdistill.models.fewshot  # noqa: F401  (registers the heads)
-        from actdistill.models.base import MODELS
-
-        if method not in METHODS:
-            raise ValueError(f"unknown few-shot method {method!r}; choose from {METHODS}")
+        try:
+            head_cls: Any = FEWSHOT_HEADS.get(method)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
         self.method = method
         self.backbone = backbone
         self._frozen = (frozen_backbone,) if frozen_backbone is not None else ()
         width = dim or feat_dim
         self.proj: nn.Module = nn.Linear(feat_dim, width) if dim and dim != feat_dim else nn.Identity()
-        opts = dict(options)
-        if method == "clip_m2df":
-            opts.setdefault("tasks_per_batch", accumulate)
-            # A table narrower/wider than the head (MiniLM's 384-d) goes through the model's learned projection.
-            minilm = text_train is not None and int(text_train.shape[1]) != width
-            if minilm and int(text_train.shape[1]) != 384:  # type: ignore[union-attr]
-                raise ValueError(f"text tables are {int(text_train.shape[1])}-d; the head is {width}-d")  # type: ignore[union-attr]
-            self.head = MODELS.build(method, backbone="features", feature_dim=width,
-                                     text_encoder="minilm" if minilm else "none", **opts)
-            if text_train is not None:
-                self.head.set_text_tables(text_train, text_test)
-        else:
-            if method == "clip_fsar" and text_train is not None:
-                opts.setdefault("text_dim", int(text_train.shape[1]))
-            self.head = MODELS.build(method, dim=width, **opts)
-            if method == "clip_fsar" and text_train is not None:
-                self.head.set_text_features(text_train, text_test)
-        self.loss_scaled = method == "clip_m2df"
+        text = bool(head_cls.uses_text) and text_train is not None
+        text_dim = int(text_train.shape[1]) if text and text_train is not None else None
+        self.head = head_cls.for_episodes(width, dict(options), text_dim, accumulate)
+        if text:
+            self.head.set_text_tables(text_train, text_test)
+        self.loss_scaled = bool(head_cls.loss_scaled)
 
     def encoder(self) -> nn.Module | None:
         return self.backbone if self.backbone is not None else (self._frozen[0] if self._frozen else None)
@@ -354,36 +358,25 @@ class EpisodeNet(nn.Module):
     def video_stage(self, x: Tensor) -> dict[str, Tensor]:
         """Everything that depends on one video only, for videos ``x`` (frames or backbone features).
 
-        The projected features, plus the head's own per-video stage when it has one (TRX's tuple
-        keys and values). In eval mode a frozen evaluation computes this once per video; each
-        episode then runs :meth:`episode_logits` on the stacked stages.
+        The head's per-video stage of the projected features (TRX's tuple keys and values,
+        CLIP-M²DF's temporal views, or the features themselves). In eval mode a frozen
+        evaluation computes this once per video; each episode then runs :meth:`episode_logits`.
         """
-        f = self.proj(self.features(x))
-        stage = getattr(self.head, "video_stage", None)
-        return stage(f) if stage is not None else {"f": f}
+        return self.head.video_stage(self.proj(self.features(x)))
 
     def episode_logits(self, support: Mapping[str, Tensor], query: Mapping[str, Tensor],
                        labels: Mapping[str, Tensor]) -> Tensor:
         """Episode logits from per-video stages (:meth:`video_stage`), stacked over the episode's videos."""
-        staged = getattr(self.head, "episode_logits", None)
-        if self.method == "clip_m2df":  # its prompts need the supports' real labels
-            return staged(support, labels["support_labels"], query, labels["support_real_labels"])["logits"]
-        if staged is not None:
-            return staged(dict(support), labels["support_labels"], dict(query))["logits"]
-        s, q = support["f"], query["f"]
-        if self.method == "clip_m2df":
-            return self.head(s, labels["support_labels"], q, labels["support_real_labels"])["logits"]
-        return self.head(s, labels["support_labels"], q, None,
-                         support_real_labels=labels["support_real_labels"])["logits"]
+        return self.head.episode_logits(dict(support), labels["support_labels"], dict(query),
+                                        support_real_labels=labels["support_real_labels"])["logits"]
 
     def forward(self, support: Tensor, query: Tensor, labels: Mapping[str, Tensor],
                 with_loss: bool = True) -> dict[str, Tensor]:
+        """One episode through the head: ``logits``, and with ``with_loss`` the head's ``loss`` and
+        its ``loss_*`` components (the loss is the head's own; see ``loss_scaled``)."""
         s, q = self.proj(self.features(support)), self.proj(self.features(query))
-        ql = labels["query_labels"] if with_loss else None
-        if self.method == "clip_m2df":
-            return self.head(s, labels["support_labels"], q, labels["support_real_labels"],
-                             labels["query_real_labels"] if with_loss else None, ql)
-        return self.head(s, labels["support_labels"], q, ql, support_real_labels=labels["support_real_labels"],
+        return self.head(s, labels["support_labels"], q, labels["query_labels"] if with_loss else None,
+                         support_real_labels=labels["support_real_labels"],
                          query_real_labels=labels["query_real_labels"] if with_loss else None)
 
 
@@ -404,7 +397,7 @@ def init_from(net: EpisodeNet, path: str | Path) -> None:
     if path.suffix == ".safetensors":
         load_weights(net, path)
         return
-    if net.method != "clip_m2df":
+    if not getattr(net.head, "loads_reference_checkpoints", False):
         raise ValueError(f"{path}: reference checkpoints are CLIP-MDMF's; {net.method} loads .safetensors only")
     if not isinstance(net.proj, nn.Identity):
         raise ValueError(f"{path}: the reference head works at the backbone width; set heads.dim=0")
@@ -424,7 +417,11 @@ def init_from(net: EpisodeNet, path: str | Path) -> None:
 
 # ------------------------------------------------------------------------------------------ data access
 class VideoFrames:
-    """Decoded frames of a split by uid, through the configured readers, sampling and crop."""
+    """Decoded frames of a split by uid, through the configured readers, sampling and crop.
+
+    Every draw (frames, crop) of a clip is keyed by ``(data.seed, epoch, uid)``
+    (``MultimodalDataset.rng_for``), so a clip is the same whichever process or worker decodes it.
+    """
 
     def __init__(self, data: DataConfig, split: str, train: bool, index: DatasetIndex) -> None:
         self.ds = build_dataset(data, split, train, index=index)
@@ -439,26 +436,125 @@ class VideoFrames:
         return torch.stack([self.clip(u, epoch) for u in uids])
 
 
-def encode_split(encoder: nn.Module, frames: VideoFrames, cache_root: str, name: str, key: dict[str, Any],
-                 uids: Sequence[str], views: int = 1, progress: bool = False) -> dict[str, Tensor]:
-    """Backbone features of every video and view (``{uid: [V, T, F]}``), computed once and cached.
+class ClipList(Dataset):
+    """Clips ``(uid, epoch)`` of a split, one item each (a DataLoader's workers decode them)."""
 
-    Stored in float32 so a cached episode sees exactly what re-encoding would compute. Each
-    video is encoded on its own (a batch of one clip) so the features do not depend on which
-    other videos happened to share a batch.
+    def __init__(self, frames: VideoFrames, items: Sequence[tuple[str, int]]) -> None:
+        self.frames = frames
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> Tensor:
+        uid, epoch = self.items[k]
+        return self.frames.clip(uid, epoch)
+
+
+def _loader(dataset: Dataset, workers: int) -> DataLoader:
+    """Items one at a time (no collation: each is a clip or a whole episode), decoded ahead by
+    ``workers`` processes (2 items each in flight), pinned for the copy to a GPU."""
+    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                      pin_memory=torch.cuda.is_available(), prefetch_factor=2 if workers > 0 else None)
+
+
+class FeatureStore:
+    """Backbone features ``[T, F]`` of a split's videos and views in a :class:`FeatureCache`.
+
+    Read per request, so memory does not grow with the split; a cache of at most ``in_memory_mb``
+    on disk is loaded whole instead (the fast path for small data, same code otherwise).
     """
-    cache = FeatureCache(cache_root, name, key, dtype=None)
-    todo = cache.missing(uids, views)
-    if todo and is_main():
+
+    def __init__(self, cache: FeatureCache, uids: Sequence[str], views: int, in_memory_mb: float) -> None:
+        self.cache = cache
+        self.uids = list(uids)
+        self.views = views
+        self.in_memory = cache.nbytes() <= in_memory_mb * 2**20
+        if self.in_memory:
+            cache.preload()
+
+    def get(self, uid: str, view: int = 0) -> Tensor:
+        return self.cache.get(uid, view)["feat"]
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+
+def encode_shard(encoder: nn.Module, frames: VideoFrames, cache_root: str, name: str, key: dict[str, Any],
+                 uids: Sequence[str], views: int, shard: Shard, progress: bool = False, workers: int = 0) -> int:
+    """Encode ``shard``'s missing share of ``views`` views of ``uids`` into the feature cache.
+
+    Videos go in fixed chunks of ``CHUNK`` by their place in ``uids``; chunk ``c`` belongs to shard
+    ``c % N`` and is written under the shard's own cache writer, so shards never share a file and a
+    killed one resumes by skipping what it wrote. Encoded one video per forward and stored in
+    float32: the features depend neither on batching nor on the number of shards, and a cached
+    episode sees exactly what re-encoding would compute. Frames are decoded by a DataLoader
+    with ``workers`` processes. Returns how many entries this call wrote.
+    """
+    with FeatureCache(cache_root, name, key, dtype=None, writer=shard.writer) as cache:
+        todo = [(u, v) for v in range(views) for p, u in enumerate(uids)
+                if shard.owns(p // CHUNK) and (u, v) not in cache]
+        if not todo:
+            return 0
         encoder.eval()
+        device = next((t.device for t in encoder.parameters()), torch.device("cpu"))
+        loader = _loader(ClipList(frames, todo), workers)
         with torch.no_grad():
-            for uid, view in tqdm(todo, desc=f"encoding {name}", unit="clip", disable=not progress, leave=False):
-                cache.add(uid, view, {"feat": encoder(frames.clip(uid, view)[None])[0]})
-        cache.flush()
+            for (uid, view), clip in zip(todo, tqdm(loader, desc=f"encoding {name}", unit="clip",
+                                                    disable=not (progress and is_main()), leave=False)):
+                cache.add(uid, view, {"feat": encoder(clip[None].to(device))[0]})
+    return len(todo)
+
+
+def open_features(cache_root: str, name: str, key: dict[str, Any], uids: Sequence[str], views: int,
+                  in_memory_mb: float) -> FeatureStore:
+    """The feature store of ``uids`` x ``views`` (every writer's entries); an error if any is missing."""
+    reader = FeatureCache(cache_root, name, key, dtype=None)
+    missing = reader.missing(uids, views)
+    if missing:
+        raise DataError(reader.dir, f"{len(missing)} cached features missing (first: {missing[0]}): a shard "
+                                    "has not written its share")
+    return FeatureStore(reader, uids, views, in_memory_mb)
+
+
+def encode_split(encoder: nn.Module, frames: VideoFrames, cache_root: str, name: str, key: dict[str, Any],
+                 uids: Sequence[str], views: int = 1, progress: bool = False, workers: int = 0,
+                 in_memory_mb: float = 1024.0) -> FeatureStore:
+    """Backbone features of every video and view, computed once: every rank encodes its share
+    (:func:`encode_shard` with ``Shard.of_rank()``), then after a barrier every rank reads all."""
+    encode_shard(encoder, frames, cache_root, name, key, uids, views, Shard.of_rank(), progress, workers)
     barrier()
-    cache = FeatureCache(cache_root, name, key, dtype=None)
-    cache.preload()
-    return {u: torch.stack([cache.get(u, v)["feat"] for v in range(views)]) for u in uids}
+    return open_features(cache_root, name, key, uids, views, in_memory_mb)
+
+
+class StageTable(Mapping[str, dict[str, Tensor]]):
+    """Per-video stages (:meth:`EpisodeNet.video_stage`) of a split's videos, computed on first use
+    from the feature store, one video at a time (so a stage does not depend on which videos share
+    a batch), and remembered: all of them when the features are held in memory, the most recent
+    ``lru`` otherwise (a recomputed stage is bit-identical: eval mode, one video)."""
+
+    def __init__(self, net: EpisodeNet, store: FeatureStore, device: torch.device, lru: int = 4096) -> None:
+        self.net, self.store, self.device = net, store, device
+        self.lru = None if store.in_memory else lru
+        self._memo: OrderedDict[str, dict[str, Tensor]] = OrderedDict()
+
+    def __getitem__(self, uid: str) -> dict[str, Tensor]:
+        hit = self._memo.get(uid)
+        if hit is not None:
+            self._memo.move_to_end(uid)
+            return hit
+        with torch.no_grad():
+            stage = _one(self.net.video_stage(self.store.get(uid)[None].to(self.device)))
+        self._memo[uid] = stage
+        if self.lru is not None and len(self._memo) > self.lru:
+            self._memo.popitem(last=False)
+        return stage
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.store.uids)
+
+    def __len__(self) -> int:
+        return len(self.store)
 
 
 def _one(stage: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -481,6 +577,61 @@ def seed_episode(seed: int, i: int, salt: int = 0) -> None:
     s = _episode_seed(seed, i, salt)
     torch.manual_seed(s)
     random.seed(s)
+
+
+def rank_episodes(episodes: int, accumulate: int, world: int, rank_: int) -> list[tuple[int, float]]:
+    """This rank's ``(episode, weight)`` list, in order, for training over ``episodes`` episodes.
+
+    Optimizer step ``s`` takes episodes ``[s*A, min((s+1)*A, E))``; rank ``r`` takes those with
+    ``(i - s*A) % world == r``, so ``world`` ranks together see exactly the episodes of one
+    process's step and each full step gives every rank ``A / world`` of them. A short last step
+    may leave a rank nothing; it then runs the step's first episode with weight 0 (no gradient),
+    because every rank must join each step's gradient all-reduce.
+    """
+    if accumulate < 1 or accumulate % world:
+        raise ValueError(f"train.accumulate={accumulate} must be a positive multiple of the {world} ranks: "
+                         "each rank takes the same number of episodes per optimizer step")
+    out: list[tuple[int, float]] = []
+    for first in range(0, episodes, accumulate):
+        stop = min(first + accumulate, episodes)
+        mine = [(i, 1.0) for i in range(first, stop) if (i - first) % world == rank_]
+        out.extend(mine or [(first, 0.0)])
+    return out
+
+
+class TrainEpisodes(Dataset):
+    """Training episodes ``ids[k] = (episode, weight)`` as the batches a training step takes:
+    ``{"support", "query", "labels", "episode", "weight"}``.
+
+    Inputs are decoded frames (``frames``: the fine-tuned backbone's input, clip draws of episode
+    ``i`` keyed by epoch ``i``) or cached backbone features (``features``: one of ``train_views``
+    views per video, drawn from ``(seed, i)``). Either way item ``k`` is a pure function of its
+    episode, so DataLoader workers, resumes and ranks all see the same inputs.
+    """
+
+    def __init__(self, sampler: EpisodeSampler, ids: Sequence[tuple[int, float]], seed: int,
+                 frames: VideoFrames | None = None, features: FeatureStore | None = None) -> None:
+        if (frames is None) == (features is None):
+            raise ValueError("give frames or features")
+        self.sampler, self.ids, self.seed = sampler, list(ids), seed
+        self.frames, self.features = frames, features
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        i, weight = self.ids[k]
+        ep = self.sampler.episode(i)
+        if self.frames is not None:
+            s, q = self.frames.stack(ep.support, i), self.frames.stack(ep.query, i)
+        else:
+            assert self.features is not None
+            views = np.random.default_rng(_episode_seed(self.seed, i, 1)).integers(
+                0, self.features.views, size=len(ep.support) + len(ep.query))
+            vids = [*ep.support, *ep.query]
+            clips = [self.features.get(u, int(v)) for u, v in zip(vids, views)]
+            s, q = torch.stack(clips[:len(ep.support)]), torch.stack(clips[len(ep.support):])
+        return {"support": s, "query": q, "labels": ep.label_tensors(), "episode": i, "weight": weight}
 
 
 # ------------------------------------------------------------------------------------------- pipeline
@@ -530,7 +681,7 @@ class FewShotPipeline:
         feat_dim = int((own or shared).out_dim)  # type: ignore[union-attr]
         width = cfg.heads.dim or feat_dim
         tables: tuple[Tensor | None, Tensor | None] = (None, None)
-        if method in TEXT_METHODS:
+        if method in FEWSHOT_HEADS and getattr(FEWSHOT_HEADS.get(method), "uses_text", False):
             if not hasattr(self, "_tables"):
                 self._tables = text_tables(cfg, self.train_names, self.test_names, width)
             tables = self._tables
@@ -545,94 +696,85 @@ class FewShotPipeline:
     def weights_path(self, method: str) -> Path:
         return self.run_dir / "models" / f"{method}.safetensors"
 
+    def _encode(self, enc: nn.Module, split: str, train: bool, views: int) -> FeatureStore:
+        """Features of ``views`` views of every video of ``split`` (every rank its share, then all read)."""
+        d = self.cfg.data
+        key = {"kind": "fewshot_features", "backbone": to_dict(self.cfg.backbone), "weights": weights_hash(enc),
+               "clips": clip_cache_key(d, split, train)}
+        index = self.train_index if split == d.train_split else self.test_index
+        return encode_split(enc, self.frames(split, train), self.cfg.cache_root, f"fewshot-{split}", key,
+                            [s.uid for s in index.segments], views, self.progress, d.num_workers,
+                            self.cfg.cache_in_memory_mb)
+
     # ------------------------------------------------------------------ training
-    def train_features(self) -> dict[str, Tensor]:
+    def train_features(self) -> FeatureStore:
         """Cached backbone features of ``train_views`` train-mode views per training video."""
         if not hasattr(self, "_train_feats"):
             t0 = time.perf_counter()
-            enc = self.shared_backbone()
-            d = self.cfg.data
-            key = {"kind": "fewshot_features", "backbone": to_dict(self.cfg.backbone),
-                   "weights": weights_hash(enc), "clips": clip_cache_key(d, d.train_split, True)}
-            uids = [s.uid for s in self.train_index.segments]
-            with main_first():
-                self._train_feats = encode_split(enc, self.frames(d.train_split, True), self.cfg.cache_root,
-                                                 f"fewshot-{d.train_split}", key, uids, self.cfg.train.train_views,
-                                                 self.progress)
+            self._train_feats = self._encode(self.shared_backbone(), self.cfg.data.train_split, True,
+                                             self.cfg.train.train_views)
             self.timings["train_features"] = time.perf_counter() - t0
         return self._train_feats
 
-    def _train_inputs(self, ep: Episode, i: int) -> tuple[Tensor, Tensor]:
-        tcfg = self.cfg.train
-        if self.cfg.backbone.finetune:
-            fr = self.frames(self.cfg.data.train_split, True)
-            return fr.stack(ep.support, i).to(self.device), fr.stack(ep.query, i).to(self.device)
-        feats = self.train_features()
-        rng = np.random.default_rng(_episode_seed(tcfg.seed, i, 1))
-        views = rng.integers(0, tcfg.train_views, size=len(ep.support) + len(ep.query))
-        s = torch.stack([feats[u][int(v)] for u, v in zip(ep.support, views)])
-        q = torch.stack([feats[u][int(v)] for u, v in zip(ep.query, views[len(ep.support):])])
-        return s.to(self.device), q.to(self.device)
-
     def train_method(self, method: str, stop_after_steps: int | None = None) -> EpisodeNet:
-        """Train ``method`` (or load its finished weights); resumable from ``checkpoints/<method>``.
+        """Train ``method`` (or load its finished weights) on the shared trainer
+        (:func:`~actdistill.engine.trainer.fit_steps`); resumable from ``checkpoints/<method>``.
 
+        One optimizer step (Adam, constant LR) sums the losses of ``train.accumulate`` episodes,
+        each divided by that count unless the head already does (``loss_scaled``); under DDP
+        the step's episodes are split over the ranks (:func:`rank_episodes`) and each rank's loss
+        is multiplied by the world size, as DDP averages gradients and the step wants their sum.
+        Episode ``i`` reseeds torch and ``random`` from ``(seed, i)`` before its forward, so
+        weights do not depend on the rank count or on where a run was killed and resumed.
         ``stop_after_steps`` stops early without writing final weights (simulates a killed job).
+        ``logs/<method>/metrics.csv`` has ``episode_loss`` (the head's loss) and its ``loss_*``
+        components, averaged over episodes; its ``loss`` column is what was backpropagated.
         """
         tcfg = self.cfg.train
+        if tcfg.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of 32, bf16-mixed, 16-mixed, got {tcfg.precision!r}")
+        ws, acc = world_size(), tcfg.accumulate
+        ids = rank_episodes(tcfg.episodes, acc, ws, rank())  # refuses an accumulation the ranks cannot share
         net = self.build_net(method)
         final = self.weights_path(method)
         if final.exists():
             load_weights(net, final)
             _log(f"{method}: reusing trained weights {final}")
             return net.eval()
-        steps = math.ceil(tcfg.episodes / tcfg.accumulate)
-        params = [p for p in net.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=tcfg.lr)
-        ckpt_name = f"checkpoints/{method}"
-        start = 0
-        last = latest_checkpoint(self.run_dir, ckpt_name)
-        if last is not None:
-            start = int(load_checkpoint(last, net, opt, restore_rng=False)["epoch"])
-            _log(f"{method}: resuming at step {start}/{steps}")
-        sampler = EpisodeSampler.from_index(self.train_index, way=tcfg.way, shot=tcfg.shot, query=tcfg.query,
-                                            seed=tcfg.seed)
-        model = wrap_ddp(net, self.device)
-        ws, rk = world_size(), rank()
         t0 = time.perf_counter()
-        running: list[float] = []
-        bar = tqdm(range(start, steps), desc=f"train {method}", unit="step", initial=start, total=steps,
-                   disable=not (self.progress and is_main()), leave=False)
-        for step in bar:
-            if stop_after_steps is not None and step >= stop_after_steps:
-                return net
-            net.train()
-            first, stop = step * tcfg.accumulate, min((step + 1) * tcfg.accumulate, tcfg.episodes)
-            mine = [i for i in range(first, stop) if (i - first) % ws == rk]
-            opt.zero_grad(set_to_none=True)
-            total = 0.0
-            for k, i in enumerate(mine):
-                ep = sampler.episode(i)
-                s, q = self._train_inputs(ep, i)
-                labels = {n: t.to(self.device) for n, t in ep.label_tensors().items()}
-                seed_episode(tcfg.seed, i)
-                sync = k == len(mine) - 1 or not hasattr(model, "no_sync")
-                with nullcontext() if sync else model.no_sync():
-                    out = model(s, q, labels)
-                    loss = out["loss"] if net.loss_scaled else out["loss"] / tcfg.accumulate
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"{method}: non-finite loss at episode {i}")
-                    (loss * ws).backward()  # DDP averages over ranks; the step wants the sum
-                total += float(loss.detach())
-            opt.step()
-            running.append(total)
-            done = step + 1
-            if is_main() and (done % tcfg.checkpoint_every == 0 or done == steps):
-                save_checkpoint(self.run_dir, done, net, opt, extra={"method": method}, name=ckpt_name)
-            if done % tcfg.log_every == 0 or done == steps:
-                recent = running[-tcfg.log_every:]
-                _log(f"{method}: step {done}/{steps} loss {sum(recent) / len(recent):.4f} "
-                     f"({time.perf_counter() - t0:.1f}s)")
+        stopped = False
+        if ids:
+            sampler = EpisodeSampler.from_index(self.train_index, way=tcfg.way, shot=tcfg.shot, query=tcfg.query,
+                                                seed=tcfg.seed)
+            finetune = self.cfg.backbone.finetune
+            source = ({"frames": self.frames(self.cfg.data.train_split, True)} if finetune
+                      else {"features": self.train_features()})
+            workers = self.cfg.data.num_workers if finetune else 0  # cached features: reads, not decoding
+            device = self.device
+
+            def episodes(start: int) -> DataLoader:
+                return _loader(TrainEpisodes(sampler, ids[start:], tcfg.seed, **source), workers)
+
+            def step(b: dict[str, Any]) -> dict[str, Tensor]:
+                seed_episode(tcfg.seed, b["episode"])
+                labels = {k: t.to(device) for k, t in b["labels"].items()}
+                out = net(b["support"].to(device), b["query"].to(device), labels)
+                loss = out["loss"] if net.loss_scaled else out["loss"] / acc
+                scale = ws if b["weight"] == 1.0 else ws * b["weight"]
+                logs = {k: v.detach() for k, v in out.items() if k.startswith("loss") and v.dim() == 0}
+                logs["episode_loss"] = logs.pop("loss")
+                return {**logs, "loss": loss * scale}
+
+            params = [p for p in net.parameters() if p.requires_grad]
+            res = fit_steps(net, step, episodes, len(ids), OptimConfig(lr=tcfg.lr, grad_clip=0.0), self.run_dir,
+                            method, self.progress, optimizer=torch.optim.Adam(params, lr=tcfg.lr),
+                            accumulate=acc // ws, checkpoint_every=tcfg.checkpoint_every, log_every=tcfg.log_every,
+                            stop_after_steps=stop_after_steps, precision=tcfg.precision, seed=tcfg.seed)
+            stopped = bool(res["stopped"])
+            if res["resumed_step"]:
+                _log(f"{method}: resumed at step {res['resumed_step']}")
+        if stopped:
+            return net
         self.timings[f"train_{method}"] = time.perf_counter() - t0
         if is_main():
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -641,33 +783,24 @@ class FewShotPipeline:
         return net.eval()
 
     # ------------------------------------------------------------------ evaluation
-    def test_features(self, net: EpisodeNet) -> dict[str, Tensor]:
+    def test_features(self, net: EpisodeNet) -> FeatureStore:
         """Test-mode backbone features of every test video, cached by backbone weights and data."""
         enc = net.encoder()
         assert enc is not None
         wh = weights_hash(enc)
         if getattr(self, "_test_key", None) != wh:
             t0 = time.perf_counter()
-            d = self.cfg.data
-            key = {"kind": "fewshot_features", "backbone": to_dict(self.cfg.backbone), "weights": wh,
-                   "clips": clip_cache_key(d, d.test_split, False)}
-            uids = [s.uid for s in self.test_index.segments]
-            with main_first():
-                feats = encode_split(enc, self.frames(d.test_split, False), self.cfg.cache_root,
-                                     f"fewshot-{d.test_split}", key, uids, 1, self.progress)
-            self._test_feats = {u: f[0] for u, f in feats.items()}
+            self._test_feats = self._encode(enc, self.cfg.data.test_split, False, 1)
             self._test_key = wh
             self.timings["test_features"] = self.timings.get("test_features", 0.0) + time.perf_counter() - t0
         return self._test_feats
 
-    def test_stages(self, net: EpisodeNet) -> dict[str, dict[str, Tensor]]:
-        """Per-video stages (:meth:`EpisodeNet.video_stage`) of every test video, from the feature
-        cache, computed one video at a time so they do not depend on which videos share a batch."""
+    def test_stages(self, net: EpisodeNet) -> StageTable:
+        """Per-video stages (:meth:`EpisodeNet.video_stage`) of the test videos, from the feature cache."""
         feats = self.test_features(net)
-        key = (net.method, weights_hash(net))  # both settings of a method share one pass over the videos
+        key = (net.method, weights_hash(net))  # both settings of a method share one table
         if getattr(self, "_stages_key", None) != key:
-            with torch.no_grad():
-                self._stages = {u: _one(net.video_stage(f[None].to(self.device))) for u, f in feats.items()}
+            self._stages = StageTable(net, feats, self.device)
             self._stages_key = key
         return self._stages
 
@@ -676,7 +809,9 @@ class FewShotPipeline:
         """Accuracy over seeded test episodes of ``setting`` (cached features, or re-encoding frames).
 
         Episode ``i`` and its RNG are functions of ``(eval.seed, i)``, so both paths and every
-        method see the same episodes; under DDP each rank takes a shard and results are gathered.
+        method see the same episodes. Under DDP rank ``r`` runs episodes ``i % world == r`` and
+        the per-episode results are summed over ranks (each slot has one contributor, so the sum
+        is exact): every rank returns the numbers one process would.
         """
         ecfg = self.cfg.eval
         way, shot = parse_setting(setting)
@@ -708,12 +843,13 @@ class FewShotPipeline:
                 for real, good in zip(ep.query_real_labels, ok):
                     per_class[real] += (float(good), 1.0)
         seconds = time.perf_counter() - t0
-        if world_size() > 1:
+        if is_distributed():
             import torch.distributed as dist
 
-            both = torch.from_numpy(np.concatenate([accs, per_class.reshape(-1)]))
+            both = torch.from_numpy(np.concatenate([accs, per_class.reshape(-1)])).to(self.device)
             dist.all_reduce(both)
-            accs, per_class = both[:n].numpy(), both[n:].numpy().reshape(-1, 2)
+            both_np = both.cpu().numpy()
+            accs, per_class = both_np[:n], both_np[n:].reshape(-1, 2)
         acc = float(accs.mean()) if n else float("nan")
         ci = float(1.96 * accs.std() / math.sqrt(n)) if n else float("nan")
         names = self.test_names
@@ -829,21 +965,25 @@ def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> FewSh
 
 
 __all__ = [
-    "METHODS",
     "BackboneConfig",
     "EpisodeEvalConfig",
     "EpisodeNet",
     "EpisodeTrainConfig",
+    "FeatureStore",
     "FewShotConfig",
     "FewShotPipeline",
     "HeadConfig",
     "TextConfig",
     "bow_embedding",
     "build_frame_backbone",
+    "encode_shard",
+    "encode_split",
     "ensure_data",
     "init_from",
     "load_run_config",
+    "open_features",
     "parse_setting",
+    "rank_episodes",
     "run_fewshot",
     "weights_hash",
     "write_report",

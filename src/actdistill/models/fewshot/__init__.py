@@ -1,22 +1,35 @@
-"""Few-shot episodic models; importing this package registers them in ``MODELS``.
+"""Few-shot episodic models; importing this package registers them in ``FEWSHOT_HEADS`` (and ``MODELS``).
 
 Baselines: ``protonet`` (mean-pooled frames), ``otam`` (ordered temporal alignment), ``trx``
-(tuple cross-transformers), ``clip_fsar`` (text-modulated prototypes + OTAM). They share one
-contract (:class:`~actdistill.models.fewshot.protonet.FewShotHead`): frame features
-``[B, T, D]`` (or raw frames through a ``backbone``) and one episode in,
-``{"logits": [Q, way], "loss": ...}`` out. ``clip_m2df`` (CLIP-M²DF, ``specs/clip_m2df.md``) and
-its reference-checkpoint import are written separately and exported when present.
+(tuple cross-transformers), ``clip_fsar`` (text-modulated prototypes + OTAM); ours: ``clip_m2df``
+(CLIP-M²DF, ``specs/clip_m2df.md``). All share one contract
+(:class:`~actdistill.models.fewshot.protonet.EpisodicHead`): frame features ``[B, T, D]`` and
+one episode in, ``{"logits": [Q, way], "loss": ..., "loss_*": ...}`` out, plus the per-video
+split used by cached evaluation. CLIP-M²DF and its reference-checkpoint import (including the
+reference's argument order, ``reference_forward``) are written separately and exported when present.
 """
 
 from actdistill.models.fewshot.clip_fsar import CLIPFSAR, TemporalTransformer
 from actdistill.models.fewshot.otam import OTAM, frame_cosine_distance, otam_distance, otam_distance_loop
-from actdistill.models.fewshot.protonet import FewShotHead, ProtoNet, build_backbone, class_means, episode_way
+from actdistill.models.fewshot.protonet import (
+    FEWSHOT_HEADS,
+    EpisodicHead,
+    FewShotHead,
+    ProtoNet,
+    build_backbone,
+    class_means,
+    episode_way,
+    fewshot_methods,
+    register_head,
+)
 from actdistill.models.fewshot.trx import TRX, TemporalCrossTransformer
 
 __all__ = [
     "CLIPFSAR",
+    "FEWSHOT_HEADS",
     "OTAM",
     "TRX",
+    "EpisodicHead",
     "FewShotHead",
     "ProtoNet",
     "TemporalCrossTransformer",
@@ -24,9 +37,11 @@ __all__ = [
     "build_backbone",
     "class_means",
     "episode_way",
+    "fewshot_methods",
     "frame_cosine_distance",
     "otam_distance",
     "otam_distance_loop",
+    "register_head",
 ]
 
 try:  # the baselines must work before (and without) the CLIP-M²DF modules
@@ -36,6 +51,7 @@ try:  # the baselines must work before (and without) the CLIP-M²DF modules
         export_reference_state_dict,
         load_reference_state_dict,
         read_state_dict,
+        reference_forward,
     )
 except ModuleNotFoundError as e:
     if e.name not in (f"{__name__}.clip_m2df", f"{__name__}.reference_import"):
@@ -48,4 +64,5 @@ else:
         "export_reference_state_dict",
         "load_reference_state_dict",
         "read_state_dict",
+        "reference_forward",
     ]

@@ -26,15 +26,15 @@ CLIP-FSAR checkpoint's head loads into this module with ``load_state_dict``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actdistill.models.base import MODELS
 from actdistill.models.fewshot.otam import frame_cosine_distance, otam_distance
-from actdistill.models.fewshot.protonet import FewShotHead, class_means
+from actdistill.models.fewshot.protonet import FewShotHead, class_means, register_head
 
 __all__ = ["CLIPFSAR", "CrossAttention", "FeedForward", "PreNormCrossAttention", "TemporalTransformer", "cosine_eps"]
 
@@ -132,7 +132,7 @@ class TemporalTransformer(nn.Module):
         return x
 
 
-@MODELS.register("clip_fsar")
+@register_head("clip_fsar")
 class CLIPFSAR(FewShotHead):
     """CLIP-FSAR head: text-modulated support prototypes, OTAM metric, video-text loss.
 
@@ -165,6 +165,20 @@ class CLIPFSAR(FewShotHead):
         self.loss_weights = {"loss_text": float(text_loss_weight)}
         self.register_buffer("text_train", torch.empty(0), persistent=False)
         self.register_buffer("text_test", torch.empty(0), persistent=False)
+
+    uses_text = True
+
+    @classmethod
+    def for_episodes(cls, dim: int, options: Mapping[str, Any], text_dim: int | None = None,
+                     accumulate: int = 1) -> CLIPFSAR:
+        opts = dict(options)
+        if text_dim is not None:
+            opts.setdefault("text_dim", text_dim)
+        return cls(dim=dim, **opts)
+
+    def set_text_tables(self, train: Tensor | None, test: Tensor | None) -> None:
+        if train is not None:
+            self.set_text_features(train, test)
 
     def set_text_features(self, train: Tensor, test: Tensor | None = None) -> None:
         """Store the per-class text embeddings ``[N_split, text_dim]`` of the train and test splits.

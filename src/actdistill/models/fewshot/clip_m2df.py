@@ -66,12 +66,12 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actdistill.models.base import MODELS
 from actdistill.models.fewshot.m2df_modules import (
     FusionEncoder,
     GlobalTemporalContext,
@@ -81,6 +81,7 @@ from actdistill.models.fewshot.m2df_modules import (
     cos_sim,
     otam_distance_builtin,
 )
+from actdistill.models.fewshot.protonet import EpisodicHead, register_head
 
 PPS_MODES = ("sample", "argmax", "soft")
 DISTILL_CONDITIONS = ("t", "v", "t_and_v", "none", "off")
@@ -172,9 +173,12 @@ def _build_open_clip(
     return model
 
 
-@MODELS.register("clip_m2df")
-class CLIPM2DF(nn.Module):
+@register_head("clip_m2df")
+class CLIPM2DF(EpisodicHead):
     """CLIP-M²DF episodic model; see the module docstring for the mechanisms and quirks.
+
+    Follows the few-shot head contract (:class:`~actdistill.models.fewshot.protonet.EpisodicHead`);
+    the reference's argument order is :func:`~actdistill.models.fewshot.reference_import.reference_forward`.
 
     Args:
         backbone: an open_clip architecture (``"RN50"``: D=1024, ``"ViT-B-16"``: D=512, ...),
@@ -366,22 +370,41 @@ class CLIPM2DF(nn.Module):
             return x
         return self.encode_frames(x)
 
+    # ------------------------------------------------------------------ contract
+    loss_scaled = True  # every loss term is divided by tasks_per_batch, as in the reference
+    uses_text = True
+    loads_reference_checkpoints = True  # CLIP-MDMF checkpoints, through reference_import
+
+    @classmethod
+    def for_episodes(cls, dim: int, options: Mapping[str, Any], text_dim: int | None = None,
+                     accumulate: int = 16) -> CLIPM2DF:
+        """A head over ``[B, T, dim]`` features; text tables wider or narrower than ``dim`` must be
+        MiniLM's (384-d), which go through the model's learned projection."""
+        opts = dict(options)
+        opts.setdefault("tasks_per_batch", accumulate)
+        minilm = text_dim is not None and text_dim != dim
+        if minilm and text_dim != MINILM_DIM:
+            raise ValueError(f"text tables are {text_dim}-d; the head is {dim}-d")
+        return cls(backbone="features", feature_dim=dim, text_encoder="minilm" if minilm else "none", **opts)
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
         support: Tensor,
         support_labels: Tensor,
         query: Tensor,
-        support_real_labels: Tensor,
-        query_real_labels: Tensor | None = None,
         query_labels: Tensor | None = None,
+        *,
+        support_real_labels: Tensor | None = None,
+        query_real_labels: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """One episode.
 
         ``support [S, T, 3, H, W]`` or precomputed ``[S, T, D]`` (same for ``query [Q, ...]``);
         support and query go through the backbone in two separate calls, as in the reference
         (BatchNorm statistics in training mode depend on it). ``support_labels``: episode labels
-        ``0..way-1``; ``*_real_labels``: rows of the text table. Query episode labels come from
+        ``0..way-1``; ``*_real_labels``: rows of the text table (``support_real_labels`` is
+        required: it picks each support's prompt). Query episode labels come from
         ``query_labels`` or are derived from ``query_real_labels``; without either, the output
         has no ``loss``/``loss_ce``.
 
@@ -391,6 +414,8 @@ class CLIPM2DF(nn.Module):
         (distillation masks), ``text_logits [S+Q, C]``, ``loss_distill``, and with labels
         ``loss_ce``, ``loss_text``, ``loss`` (each term already divided by ``tasks_per_batch``).
         """
+        if support_real_labels is None:
+            raise ValueError("CLIP-M²DF needs support_real_labels (each support's row of the text table)")
         s = self._features(support)
         q = self._features(query)
         return self.head(s, support_labels, q, support_real_labels, query_real_labels, query_labels)
@@ -493,11 +518,14 @@ class CLIPM2DF(nn.Module):
         return {"f": x, "ltce": self.ltce(x), "gtce": self.gtce(x)}
 
     def episode_logits(
-        self, support: Mapping[str, Tensor], labels: Tensor, query: Mapping[str, Tensor], support_real_labels: Tensor
+        self, support: Mapping[str, Tensor], support_labels: Tensor, query: Mapping[str, Tensor],
+        *, support_real_labels: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """:meth:`head` on per-video stages from :meth:`video_stage`."""
+        if support_real_labels is None:
+            raise ValueError("CLIP-M²DF needs support_real_labels (each support's row of the text table)")
         views = {"ltce_s": support["ltce"], "ltce_q": query["ltce"], "gtce_s": support["gtce"], "gtce_q": query["gtce"]}
-        return self.head(support["f"], labels, query["f"], support_real_labels, views=views, logits_only=True)
+        return self.head(support["f"], support_labels, query["f"], support_real_labels, views=views, logits_only=True)
 
     # ------------------------------------------------------------------ pieces
     @torch.no_grad()

@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from actdistill.models.base import MODELS
-from actdistill.models.fewshot.protonet import FewShotHead, class_means
+from actdistill.models.fewshot.protonet import FewShotHead, class_means, register_head
 
 __all__ = [
     "OTAM",
@@ -250,7 +249,7 @@ def otam_distance(dists: Tensor, lbda: float = 0.5, bidirectional: bool = True) 
     return _one_direction_wavefront(dists, lbda) + _one_direction_wavefront(dists.transpose(-1, -2), lbda)
 
 
-@MODELS.register("otam")
+@register_head("otam")
 class OTAM(FewShotHead):
     """OTAM baseline (Cao et al. 2020, as re-implemented in TRX/CLIP-FSAR's ``CNN_OTAM``).
 

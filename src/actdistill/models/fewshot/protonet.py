@@ -1,29 +1,71 @@
-"""The episode contract every few-shot head shares, and ProtoNet on mean-pooled frames.
+"""The episode contract every few-shot head shares, the few-shot registry, and ProtoNet.
 
-A head receives one episode: support clips with episode labels ``0..N-1``, query clips, and
-optionally the query episode labels (for the loss) and the "real" labels (each clip's index in
-the split's sorted class list, which selects text prompts). Clips are either frame features
-``[B, T, D]`` from any extractor (a feature cache, a frozen CLIP) or raw frames that the head's
-optional ``backbone`` turns into ``[B, T, D]``; support and query go through it in two calls, as
-the references do. The output is a dict: ``logits`` ``[Q, N]`` always, ``loss`` (plus its
-components ``loss_*``) when query labels are given.
+**The contract** (:class:`EpisodicHead`). A head receives one episode: support clips with episode
+labels ``0..N-1``, query clips, optionally the query episode labels (for the loss) and the "real"
+labels (each clip's index in the split's sorted class list, which selects text prompts). Clips
+are frame features ``[B, T, D]`` (or raw frames that a head's own backbone turns into them).
 
-The base class lives here because ProtoNet is the simplest head: it is the contract and nothing
-else.
+- ``forward(support, support_labels, query, query_labels=None, *, support_real_labels=None,
+  query_real_labels=None) -> {"logits": [Q, N], ...}``; with ``query_labels`` also ``loss`` and
+  its components ``loss_*``. The loss is computed here, in the method's module: a trainer only
+  backpropagates ``loss``.
+- ``loss_scaled``: whether ``loss`` is already divided by the episodes accumulated per optimizer
+  step (CLIP-M²DF's is, as in its reference; the others are per-episode means or sums).
+- ``video_stage(x) -> dict`` and ``episode_logits(support_stage, support_labels, query_stage, *,
+  support_real_labels=None) -> {"logits": ...}``: the split of an evaluation episode into what
+  depends on one video only (computed once per test video) and the rest. The defaults stage the
+  features themselves and run ``forward``; heads with a costly per-video part override both.
+- ``uses_text`` and ``set_text_tables(train, test)``: heads that read class-name embeddings get
+  the train and test tables (rows indexed by real labels).
+- ``for_episodes(dim, options, text_dim, accumulate)``: how the few-shot pipeline builds the head
+  at width ``dim`` from its config options.
+
+**The registry.** :func:`register_head` adds a head to :data:`FEWSHOT_HEADS` (the only list of
+few-shot methods: the pipeline knows methods through it alone) and to ``MODELS``.
+
+ProtoNet lives here because it is the simplest head: the contract and nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actdistill.models.base import MODELS
+from actdistill.registry import Registry
 
-__all__ = ["FewShotHead", "ProtoNet", "build_backbone", "class_means", "episode_way"]
+__all__ = ["FEWSHOT_HEADS", "EpisodicHead", "FewShotHead", "ProtoNet", "build_backbone", "class_means",
+           "episode_way", "fewshot_methods", "register_head"]
+
+H = TypeVar("H", bound=type)
+
+#: every few-shot method by name (the pipeline's only list of methods)
+FEWSHOT_HEADS: Registry[nn.Module] = Registry("few-shot method")
+
+
+def register_head(name: str) -> Callable[[H], H]:
+    """Register an :class:`EpisodicHead` subclass as few-shot method ``name`` (and in ``MODELS``, so
+    configs and tests build it by name like any model)."""
+
+    def deco(cls: H) -> H:
+        if not (isinstance(cls, type) and issubclass(cls, EpisodicHead)):
+            raise TypeError(f"few-shot method {name!r} must be an EpisodicHead subclass, got {cls!r}")
+        FEWSHOT_HEADS.register(name)(cls)
+        MODELS.register(name)(cls)
+        return cls
+
+    return deco
+
+
+def fewshot_methods() -> list[str]:
+    """Names of the registered few-shot methods (sorted)."""
+    import actdistill.models.fewshot  # noqa: F401  (registers the built-in heads)
+
+    return FEWSHOT_HEADS.names()
 
 LOSS_REDUCTIONS = ("mean", "sum")
 
@@ -73,7 +115,39 @@ def class_means(x: Tensor, labels: Tensor, way: int) -> Tensor:
     return torch.einsum("sc,s...->c...", weights, x)
 
 
-class FewShotHead(nn.Module):
+class EpisodicHead(nn.Module):
+    """The few-shot head contract (module docstring), with the defaults most heads want."""
+
+    #: ``loss`` is already divided by the number of episodes accumulated per optimizer step
+    loss_scaled: ClassVar[bool] = False
+    #: the head reads class-name embeddings (``set_text_tables``)
+    uses_text: ClassVar[bool] = False
+    #: the pipeline may load a reference checkpoint (reference key names) into it (``heads.init``)
+    loads_reference_checkpoints: ClassVar[bool] = False
+
+    @classmethod
+    def for_episodes(cls, dim: int, options: Mapping[str, Any], text_dim: int | None = None,
+                     accumulate: int = 1) -> EpisodicHead:
+        """The head at feature width ``dim`` with the config's ``options``; ``text_dim``: width of the
+        text tables it will get (text heads), ``accumulate``: episodes per optimizer step."""
+        return cls(dim=dim, **options)
+
+    def set_text_tables(self, train: Tensor | None, test: Tensor | None) -> None:
+        """Install frozen class-name embeddings ``[C, text_dim]`` of the train and test splits."""
+        if self.uses_text:
+            raise NotImplementedError(f"{type(self).__name__} uses text but does not take text tables")
+
+    def video_stage(self, x: Tensor) -> dict[str, Tensor]:
+        """What depends on one video only (eval mode), for ``[B, T, D]`` features."""
+        return {"f": x}
+
+    def episode_logits(self, support: Mapping[str, Tensor], support_labels: Tensor, query: Mapping[str, Tensor],
+                       *, support_real_labels: Tensor | None = None) -> dict[str, Tensor]:
+        """Episode logits from stacked :meth:`video_stage` outputs (no loss)."""
+        return self(support["f"], support_labels, query["f"], support_real_labels=support_real_labels)
+
+
+class FewShotHead(EpisodicHead):
     """Base of the episodic heads: backbone, label checks, cross-entropy and auxiliary losses.
 
     Subclasses implement :meth:`head` on embedded clips and may return unweighted auxiliary
@@ -155,7 +229,7 @@ class FewShotHead(nn.Module):
         return out
 
 
-@MODELS.register("protonet")
+@register_head("protonet")
 class ProtoNet(FewShotHead):
     """Prototypical network (Snell et al. 2017) on clips mean-pooled over time.
 

@@ -265,11 +265,33 @@ def export_reference_state_dict(model: nn.Module, include_unused: bool = False) 
     return out
 
 
+def reference_forward(
+    model: nn.Module,
+    support: Tensor,
+    support_labels: Tensor,
+    query: Tensor,
+    support_real_labels: Tensor,
+    query_real_labels: Tensor | None = None,
+    query_labels: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Run one episode through ``model`` with the reference's argument order.
+
+    The reference model takes the support clips, their episode labels, the query ("target")
+    clips, then the supports' real classes (its prompts) and the queries' real classes; our heads
+    share the few-shot contract ``(support, support_labels, query, query_labels, *,
+    support_real_labels, query_real_labels)``. Code ported from the reference, and the reference
+    equality tests, call through here so the two orders never get mixed up.
+    """
+    return model(support, support_labels, query, query_labels, support_real_labels=support_real_labels,
+                 query_real_labels=query_real_labels)
+
+
 __all__ = [
     "ImportReport",
     "export_reference_state_dict",
     "load_reference_state_dict",
     "our_key_to_reference",
     "read_state_dict",
+    "reference_forward",
     "reference_key_to_ours",
 ]

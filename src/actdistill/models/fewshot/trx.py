@@ -17,15 +17,14 @@ The per-class loop of the reference is replaced by one masked softmax over all c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from actdistill.models.base import MODELS
-from actdistill.models.fewshot.protonet import FewShotHead, episode_way
+from actdistill.models.fewshot.protonet import FewShotHead, episode_way, register_head
 
 __all__ = ["TRX", "TemporalCrossTransformer", "sinusoid_encoding"]
 
@@ -110,7 +109,7 @@ class TemporalCrossTransformer(nn.Module):
         return (qv[:, None] - proto).pow(2).sum((-2, -1)) / n_tuples  # [Q, way]
 
 
-@MODELS.register("trx")
+@register_head("trx")
 class TRX(FewShotHead):
     """TRX few-shot head over frame features ``[B, T, D]`` (``T >= max(cardinalities)``).
 
@@ -156,8 +155,9 @@ class TRX(FewShotHead):
             out[f"k{t.cardinality}"], out[f"v{t.cardinality}"] = t._tokens(x)
         return out
 
-    def episode_logits(self, support: dict[str, Tensor], labels: Tensor, query: dict[str, Tensor]) -> dict[str, Tensor]:
-        """:meth:`head` on per-video stages from :meth:`video_stage`."""
+    def episode_logits(self, support: Mapping[str, Tensor], labels: Tensor, query: Mapping[str, Tensor],
+                       *, support_real_labels: Tensor | None = None) -> dict[str, Tensor]:
+        """:meth:`head` on per-video stages from :meth:`video_stage` (real labels unused)."""
         way = episode_way(labels)
         dists = torch.stack([t.distances(support[f"k{t.cardinality}"], support[f"v{t.cardinality}"],
                                          query[f"k{t.cardinality}"], query[f"v{t.cardinality}"], labels, way)
