@@ -17,6 +17,7 @@ from actdistill.engine.clips import (
     CollateViews,
     Dropout,
     EpochBatches,
+    OnlineClips,
     Shard,
     ViewDataset,
     clip_cache_key,
@@ -163,3 +164,49 @@ def test_collate_zero_fills_absent_modalities(tiny_root: Path, tmp_path: Path) -
     j = split.modalities.index("audio")
     assert b["present"][:, j].tolist() == [True, False, True]
     assert b["inputs"]["audio"].dtype == torch.float32 and not bool(b["inputs"]["audio"][1].any())
+
+
+def test_online_clips_equal_the_cached_ones(tiny_root: Path, tmp_path: Path) -> None:
+    """``cache.clips: online`` decodes from the dataset's files on every read and yields the very
+    tensors the clip cache holds: training views (epoch draws) and a test sample's views (its
+    multi-view sampling, decoded together); ``auto`` goes online when the cache would be too big."""
+    data = _data(tiny_root)
+    data.sampling.test_views = 2
+    for split, train, views in (("train", True, 3), ("validation", False, 2)):
+        index = load_index(data, split)
+        disk = load_clips(data, split, train, views, str(tmp_path), index, progress=False, mode="disk")
+        online = load_clips(data, split, train, views, str(tmp_path), index, progress=False, mode="online")
+        assert online.uids == disk.uids and torch.equal(online.present, disk.present)
+        assert online.shapes == disk.shapes
+        for i in range(len(disk)):
+            for a, b in zip(disk.items(i), online.items(i)):
+                assert a.keys() == b.keys() and all(torch.equal(a[m], b[m]) for m in a)
+        if not train:  # two different temporal views, not one view twice
+            first, second = disk.items(0)
+            assert not torch.equal(first["rgb"], second["rgb"])
+    auto = load_clips(data, "train", True, 3, str(tmp_path / "auto"), load_index(data, "train"), progress=False,
+                      mode="auto", max_disk_gb=1e-6)
+    assert isinstance(auto.cache, OnlineClips) and not (tmp_path / "auto").exists()
+    with pytest.raises(ValueError, match=r"cache\.clips"):
+        load_clips(data, "train", True, 1, str(tmp_path), load_index(data, "train"), mode="stream")
+
+
+def test_a_run_on_online_clips_equals_a_run_on_the_clip_cache(tiny_root: Path, tmp_path: Path) -> None:
+    """Teacher tokens, teacher and a row trained on clips decoded online give exactly the results of
+    the same run on the clip cache."""
+    from actdistill.demo import demo_config
+    from actdistill.engine.karmma import run_karmma
+    from tests.test_karmma_pipeline import TINY
+
+    out = {}
+    for mode in ("disk", "online"):
+        cfg = demo_config(None, [f"data.root={tiny_root}", f"cache.root={tmp_path / mode}", *TINY,
+                                 f"cache.clips={mode}", "rows=[baseline_delta]", "eval.efficiency=false",
+                                 "student.init_unimodal=[]"])
+        (tmp_path / f"run-{mode}").mkdir()
+        out[mode] = run_karmma(cfg, tmp_path / f"run-{mode}")
+    assert not any((tmp_path / "online").glob("clips-*")), "online mode writes no clip cache"
+    assert any((tmp_path / "disk").glob("clips-*"))
+    for row in ("teacher", "baseline_delta"):
+        assert out["online"][row]["subsets"] == out["disk"][row]["subsets"], row
+        assert out["online"][row]["drop_curve"] == out["disk"][row]["drop_curve"], row

@@ -64,16 +64,20 @@ class MultimodalDataset(Dataset):
         """Change the augmentation draw for a new epoch (deterministic given seed and epoch)."""
         self.epoch = epoch
 
-    def rng_for(self, i: int) -> np.random.Generator:
+    def rng_for(self, i: int, epoch: int | None = None) -> np.random.Generator:
         """Sample ``i``'s draws (frames, crop, flip) in this epoch, keyed by its uid, not its position:
         the same clip whatever subset, shard or worker reads it, so the frames a frozen teacher saw
         when its tokens were cached can be decoded again for the student ("consistent teaching")."""
         uid = int.from_bytes(hashlib.blake2b(self.segments[i].uid.encode(), digest_size=8).digest(), "little")
-        return np.random.default_rng([self.seed, self.epoch, uid, int(self.train)])
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, uid, int(self.train)])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.get(i, self.epoch)
+
+    def get(self, i: int, epoch: int) -> dict[str, Any]:
+        """Sample ``i`` as drawn in ``epoch`` (without changing the dataset's own epoch)."""
         seg = self.segments[i]
-        rng = self.rng_for(i)
+        rng = self.rng_for(i, epoch)
         frames = self.sampler(seg.start_frame, seg.stop_frame, self.train, rng)  # [V, T]
         params = self.transform.sample(rng)
         views, t = frames.shape

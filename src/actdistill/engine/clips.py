@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
@@ -33,6 +33,7 @@ from tqdm import tqdm
 from actdistill.config import to_dict
 from actdistill.data.batch import Collate
 from actdistill.data.builder import DataConfig, build_dataset
+from actdistill.data.dataset import MultimodalDataset
 from actdistill.data.records import DataError, DatasetIndex
 from actdistill.distill.dropout import modality_dropout
 from actdistill.engine.cache import FeatureCache, cache_key_hash
@@ -107,8 +108,67 @@ def clip_cache_key(data: DataConfig, split: str, train: bool) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- reading
+class ClipStore(Protocol):
+    """Where a split's per-sample tensors come from: a :class:`FeatureCache` (decoded once, read
+    from disk) or :class:`OnlineClips` (decoded from the dataset's files on every read)."""
+
+    def __contains__(self, item: tuple[str, int]) -> bool: ...
+
+    def names(self, uid: str, view: int) -> tuple[str, ...]: ...
+
+    def get(self, uid: str, view: int) -> dict[str, torch.Tensor]: ...
+
+
+class OnlineClips:
+    """Clips decoded from the dataset's own files whenever they are read (``cache.clips: online``).
+
+    No clip cache: EPIC-KITCHENS-100's 4 training views are about 2.7 TB decoded. View ``k`` of a
+    training sample is the dataset's draw in epoch ``k``, a pure function of ``(data.seed, uid, k)``
+    (:meth:`MultimodalDataset.rng_for`), so the student's loader decodes exactly the frames and
+    crops the frozen teacher's cached tokens came from. A test sample's views are the dataset's own
+    multi-view sampling (``data.sampling.test_views``), decoded together. Presence comes from the
+    index (the modalities a sample has files for); a modality that fails to read at training time
+    is missing in that batch (``data.on_error: skip``) or an error naming the file."""
+
+    def __init__(self, dataset: MultimodalDataset) -> None:
+        self.ds = dataset
+        self.pos = {s.uid: i for i, s in enumerate(dataset.segments)}
+
+    def __contains__(self, item: tuple[str, int]) -> bool:
+        return item[0] in self.pos
+
+    def names(self, uid: str, view: int) -> tuple[str, ...]:
+        sources = self.ds.segments[self.pos[uid]].sources
+        return tuple(m for m in self.ds.modalities if m in sources)
+
+    def get(self, uid: str, view: int) -> dict[str, torch.Tensor]:
+        if self.ds.train:
+            return _view(self.ds.get(self.pos[uid], view), 0)
+        return _view(self.ds.get(self.pos[uid], 0), view)
+
+    def get_views(self, uid: str, views: int) -> list[dict[str, torch.Tensor]]:
+        """All ``views`` of a sample; a test sample's are decoded once, together."""
+        if self.ds.train:
+            return [self.get(uid, v) for v in range(views)]
+        sample = self.ds.get(self.pos[uid], 0)
+        return [_view(sample, v) for v in range(views)]
+
+    def nbytes(self) -> int:
+        return 0
+
+    def preload(self) -> None:
+        """Nothing to hold: online clips are decoded per read."""
+
+
+def _view(sample: Mapping[str, Any], v: int) -> dict[str, torch.Tensor]:
+    """View ``v`` of a dataset sample (``inputs[m]`` is ``[views, T, ...]``), float16 like the cache
+    stores it, so online and cached clips are the same tensors."""
+    return {m: x[v].to(torch.float16).float() for m, x in sample["inputs"].items()}
+
+
 class CachedSplit:
-    """The ``views`` views of one split's samples in a :class:`FeatureCache`, read lazily.
+    """The ``views`` views of one split's samples in a :class:`FeatureCache` (or any
+    :class:`ClipStore`), read lazily.
 
     Holds uids, labels and presence (a few bytes per sample); tensors are read per sample. Only
     samples with every view cached are listed (a sample whose decoding was skipped is left out
@@ -118,7 +178,7 @@ class CachedSplit:
     ``positions[i]``: sample ``i``'s place in the dataset index (``positions`` given: the places of
     ``uids``), which fixes its work chunk (``position // CHUNK``) whichever samples are cached."""
 
-    def __init__(self, cache: FeatureCache, uids: Sequence[str], labels: Mapping[str, Sequence[int]] | None,
+    def __init__(self, cache: ClipStore, uids: Sequence[str], labels: Mapping[str, Sequence[int]] | None,
                  modalities: Sequence[str], views: int, skipped: int = 0,
                  positions: Sequence[int] | None = None) -> None:
         self.cache = cache
@@ -146,11 +206,18 @@ class CachedSplit:
     def item(self, i: int, view: int) -> dict[str, torch.Tensor]:
         return self.cache.get(self.uids[i], view)
 
+    def items(self, i: int) -> list[dict[str, torch.Tensor]]:
+        """Every view of sample ``i`` (decoded together where the store decodes)."""
+        get_views = getattr(self.cache, "get_views", None)
+        if get_views is not None:
+            return get_views(self.uids[i], self.views)
+        return [self.item(i, v) for v in range(self.views)]
+
     def rows_with(self, modality: str) -> list[int]:
         return self.present[:, self.modalities.index(modality)].nonzero().squeeze(1).tolist()
 
 
-def open_split(cache: FeatureCache, index: DatasetIndex, modalities: Sequence[str], views: int,
+def open_split(cache: FeatureCache | OnlineClips, index: DatasetIndex, modalities: Sequence[str], views: int,
                in_memory_mb: float) -> CachedSplit:
     """A :class:`CachedSplit` over ``index``'s samples; shards held in memory when the cache is at
     most ``in_memory_mb`` on disk (the fast path for small data, same code otherwise)."""
@@ -253,13 +320,15 @@ class AllViewsDataset(Dataset):
 
     def __init__(self, split: CachedSplit, rows: Sequence[int] | None = None) -> None:
         self.split = split
-        self.views = [ViewDataset(split, v, rows=rows) for v in range(split.views)]
+        self.rows = list(range(len(split))) if rows is None else list(rows)
 
     def __len__(self) -> int:
-        return len(self.views[0])
+        return len(self.rows)
 
     def __getitem__(self, k: int) -> list[dict[str, Any]]:
-        return [v[k] for v in self.views]
+        i = self.rows[k]
+        labels = {t: y[i] for t, y in self.split.labels.items()}
+        return [{"index": i, "uid": self.split.uids[i], "inputs": x, "labels": labels} for x in self.split.items(i)]
 
 
 class CollateAllViews:
@@ -356,23 +425,28 @@ def decode_clips(data: DataConfig, split: str, train: bool, views: int, index: D
     place = {s.uid: p for p, s in enumerate(index.segments)}
     chunks = _chunks([place[s.uid] for s in ds.segments], chunk)
     done = 0
+    # Training view k is the dataset's draw in epoch k; a test sample's views are the dataset's own
+    # multi-view sampling (data.sampling.test_views) of epoch 0, decoded together.
+    passes = [(v, v, [0]) for v in range(views)] if train else [(0, 0, list(range(views)))]
     with FeatureCache(cache_root, f"clips-{split}", key, writer=shard.writer) as cache:
-        for view in range(views):
-            ds.set_epoch(view)
+        for epoch, first, kept in passes:
+            ds.set_epoch(epoch)
             todo = [i for c, rows in chunks.items() if shard.owns(c)
-                    for i in rows if (ds.segments[i].uid, view) not in cache]
+                    for i in rows if any((ds.segments[i].uid, first + k) not in cache for k in range(len(kept)))]
             if not todo:
                 continue
-            done += len(todo)
+            done += len(todo) * len(kept)
             loader = DataLoader(Subset(ds, todo), batch_size=chunk, num_workers=data.num_workers,
                                 collate_fn=Collate(ds.modalities))
-            bar = tqdm(loader, desc=f"decoding {split} view {view + 1}/{views}", unit="batch", leave=False,
-                       disable=not (progress and is_main()))
+            desc = f"decoding {split} view {epoch + 1}/{views}" if train else f"decoding {split} ({views} views)"
+            bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not (progress and is_main()))
             for batch in bar:
                 for i, uid in enumerate(batch["uid"]):
-                    tensors = {m: batch[m][i, 0] for j, m in enumerate(batch["modalities"])
-                               if m in batch and batch["present"][i, j]}
-                    cache.add(uid, view, tensors)
+                    for k, v in enumerate(kept):
+                        tensors = {m: batch[m][i, v] for j, m in enumerate(batch["modalities"])
+                                   if m in batch and batch["present"][i, j]}
+                        if (uid, first + k) not in cache:
+                            cache.add(uid, first + k, tensors)
             cache.flush()
     return done
 
@@ -408,16 +482,36 @@ def map_split(split: CachedSplit, fn: Callable[[dict[str, torch.Tensor], torch.T
     return written
 
 
+CLIP_MODES = ("disk", "online", "auto")
+
+
 def load_clips(data: DataConfig, split: str, train: bool, views: int, cache_root: str, index: DatasetIndex,
                progress: bool = True, in_memory_mb: float = 0.0, shard: Shard | None = None,
-               chunk: int = CHUNK) -> CachedSplit:
-    """Decode (every rank its share, or only ``shard``'s) and open ``views`` views of ``split``."""
-    shard = shard or Shard.of_rank()
-    decode_clips(data, split, train, views, index, cache_root, shard, progress, chunk)
-    barrier()
-    cache = FeatureCache(cache_root, f"clips-{split}", clip_cache_key(data, split, train))
-    out = open_split(cache, index, data.modalities, views, in_memory_mb)
+               chunk: int = CHUNK, mode: str = "disk", max_disk_gb: float = float("inf")) -> CachedSplit:
+    """Open ``views`` views of ``split``: decoded once into the clip cache (``mode="disk"``; every
+    rank decodes its share, or only ``shard``'s), or decoded from the dataset's files on every read
+    (``"online"``: no clip cache). ``"auto"``: online when the clip cache would exceed
+    ``max_disk_gb`` (one sample decoded, times samples and views)."""
+    if mode not in CLIP_MODES:
+        raise ValueError(f"cache.clips must be one of {', '.join(CLIP_MODES)}, got {mode!r}")
+    if train and views < 1:
+        raise ValueError(f"cache.train_views must be at least 1, got {views}")
+    online = OnlineClips(build_dataset(data, split, train, index=index))
+    if mode == "auto" and len(online.ds):
+        sample = online.get_views(online.ds.segments[0].uid, 1)[0]
+        per_view = sum(x.numel() * 2 for x in sample.values())  # float16 in the cache
+        mode = "online" if per_view * len(online.ds) * views > max_disk_gb * 2**30 else "disk"
+    if mode == "online":
+        out = open_split(online, index, data.modalities, views, 0.0)
+        where: Path | str = data.root
+    else:
+        shard = shard or Shard.of_rank()
+        decode_clips(data, split, train, views, index, cache_root, shard, progress, chunk)
+        barrier()
+        cache = FeatureCache(cache_root, f"clips-{split}", clip_cache_key(data, split, train))
+        out = open_split(cache, index, data.modalities, views, in_memory_mb)
+        where = cache.dir
     if not len(out):
-        raise DataError(cache.dir, f"no sample of split {split!r} could be decoded "
-                                   f"({out.skipped} skipped); see `actdistill data summary`")
+        raise DataError(where, f"no sample of split {split!r} could be decoded "
+                               f"({out.skipped} skipped); see `actdistill data summary`")
     return out

@@ -1,9 +1,10 @@
 """Distributed helpers: one code path for a single process and for ``torchrun`` (DDP).
 
 Under ``torchrun`` the usual environment variables are set; we initialise the process group with
-``gloo`` on CPU and ``nccl`` on GPU. Only trainable models are wrapped in DDP; a frozen teacher
-is used as-is on every rank. Every rank decodes, extracts and trains its share; rank 0 alone
-writes checkpoints, logs and reports, and each rank writes its own cache files.
+``gloo`` on CPU and ``nccl`` on GPU. The trainer (Lightning Fabric, on this process group) wraps
+trainable task modules in DDP; a frozen teacher is used as-is on every rank. Every rank decodes,
+extracts and trains its share; rank 0 alone writes checkpoints, logs and reports, and each rank
+writes its own cache files.
 """
 
 from __future__ import annotations
@@ -72,21 +73,6 @@ def main_first() -> Iterator[None]:
     yield
     if is_main():
         barrier()
-
-
-def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    if not is_distributed() or not any(p.requires_grad for p in model.parameters()):
-        return model
-    ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-
-
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    if not is_distributed():
-        return value
-    value = value.clone()
-    dist.all_reduce(value)
-    return value / world_size()
 
 
 def from_main(fn: Callable[[], T], timeout_min: float | None = None) -> T:

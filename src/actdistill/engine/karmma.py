@@ -147,6 +147,11 @@ class CacheConfig:
     # Samples per decoding/extraction batch, and the unit of work shared out to ranks and shards.
     # Part of the token cache key: the extractors' numerics may depend on the batch they run in.
     chunk: int = 8
+    # Decoded clips: ``disk`` (decoded once into the clip cache, read by every stage), ``online``
+    # (decoded from the dataset's files whenever a stage reads them: no clip cache) or ``auto``
+    # (online when the clip cache would exceed clips_max_gb, e.g. EPIC-KITCHENS-100's ~2.7 TB).
+    clips: str = "auto"
+    clips_max_gb: float = 100.0
 
 
 @dataclass
@@ -299,11 +304,11 @@ class KarmmaPipeline:
         self.heads = _heads(self.train_index.classes, self.cfg.action_head)
         self.classes = self.train_index.classes
         root, mem = self.cfg.cache.root, self.cfg.cache.in_memory_mb
-        chunk = self.cfg.cache.chunk
-        self.train_split = load_clips(data, data.train_split, True, self.cfg.cache.train_views, root,
-                                      self.train_index, self.progress, mem, self.shard, chunk)
-        self.test_split = load_clips(data, data.test_split, False, data.sampling.test_views, root,
-                                     self.test_index, self.progress, mem, self.shard, chunk)
+        c = self.cfg.cache
+        self.train_split = load_clips(data, data.train_split, True, c.train_views, root, self.train_index,
+                                      self.progress, mem, self.shard, c.chunk, c.clips, c.clips_max_gb)
+        self.test_split = load_clips(data, data.test_split, False, data.sampling.test_views, root, self.test_index,
+                                     self.progress, mem, self.shard, c.chunk, c.clips, c.clips_max_gb)
         labels = self.test_split.labels
         unlabelled = [t for t in self.heads if t not in labels or not bool((labels[t] >= 0).any())]
         if unlabelled:
