@@ -489,21 +489,27 @@ class FeatureCache:
             raise KeyError(f"{eid} is not in cache {self.dir}") from None
         path = self.dir / entry.shard
         loaded = self._loaded.get(entry.shard)
-        handle, keys = (None, frozenset(loaded)) if loaded is not None else self._handle(entry.shard)
+        if loaded is not None:  # held in memory: checked for NaN/Inf once, when it was loaded
+            out = {}
+            for name in entry.names:
+                t = loaded.get(f"{entry.row}/{name}")
+                if t is None:  # the log and the shard disagree: report the cache, not a bare KeyError
+                    raise DataError(path, f"cache shard has no tensor {entry.row}/{name} for {eid}; "
+                                          f"delete {self.dir} to rebuild it")
+                out[name] = t.float() if t.is_floating_point() else t
+            return out
+        handle, keys = self._handle(entry.shard)
         out = {}
         for name in entry.names:
             tname = f"{entry.row}/{name}"
             if tname not in keys:  # the log and the shard disagree: report the cache, not a bare KeyError
                 raise DataError(path, f"cache shard has no tensor {tname} for {eid}; "
                                       f"delete {self.dir} to rebuild it")
-            if loaded is not None:
-                t = loaded[tname]
-            else:
-                try:
-                    t = handle.get_tensor(tname)
-                except Exception as err:
-                    raise DataError(path, f"cache shard unreadable ({err}); "
-                                          f"delete {self.dir} to rebuild it") from None
+            try:
+                t = handle.get_tensor(tname)
+            except Exception as err:
+                raise DataError(path, f"cache shard unreadable ({err}); "
+                                      f"delete {self.dir} to rebuild it") from None
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise DataError(path, f"cached tensor {eid}/{name} holds NaN or Inf")
             out[name] = t.float() if t.is_floating_point() else t
@@ -515,7 +521,11 @@ class FeatureCache:
         for shard in sorted({e.shard for e in self._entries.values()} - set(self._loaded)):
             path = self.dir / shard
             try:
-                self._loaded[shard] = load_file(str(path))
+                data = load_file(str(path))
             except Exception as err:  # safetensors raises its own error types
                 raise DataError(path, f"cache shard unreadable ({err}); delete {self.dir} to rebuild it") from None
+            for tname, t in data.items():  # once here, instead of on every read of a held shard
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    raise DataError(path, f"cached tensor {tname} holds NaN or Inf")
+            self._loaded[shard] = data
             self._open.pop(shard, None)
