@@ -210,3 +210,43 @@ def test_a_run_on_online_clips_equals_a_run_on_the_clip_cache(tiny_root: Path, t
     for row in ("teacher", "baseline_delta"):
         assert out["online"][row]["subsets"] == out["disk"][row]["subsets"], row
         assert out["online"][row]["drop_curve"] == out["disk"][row]["drop_curve"], row
+
+
+def test_extract_command_shards_then_train_reuses_every_token(tiny_root: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``actdistill extract CONFIG --shard i/N`` as N independent jobs: each caches its share of
+    the clips and teacher tokens; a pipeline afterwards finds every token cached and computes none.
+    An extractor that needs a unimodal fit is reported, not fitted, by ``extract``."""
+    import yaml
+
+    import actdistill.engine.karmma as karmma
+    from actdistill.cli import main
+    from actdistill.config import to_dict
+    from actdistill.demo import demo_config
+    from tests.test_karmma_pipeline import TINY
+
+    base = [f"data.root={tiny_root}", *TINY, "cache.clips=disk", "run.progress=false"]
+    cfg = demo_config(None, [*base, f"cache.root={tmp_path / 'cache'}", "cache.chunk=2", "teacher.fit_unimodal=[]"])
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(to_dict(cfg)))
+    for i in range(3):
+        assert main(["extract", str(exp), "--shard", f"{i}/3"]) == 0
+    printed = capsys.readouterr().out
+    assert "shard 2/3" in printed and "teacher tokens cached" in printed
+    logs = {p.stem for p in (tmp_path / "cache").glob("tokens-train-*/index-*.jsonl")}
+    assert logs == {f"index-shard{i}of3" for i in range(3)}
+    (tmp_path / "run").mkdir()
+    pipe = karmma.KarmmaPipeline(cfg, tmp_path / "run")
+    pipe.load_data()
+    written: list[int] = []
+    real = karmma.map_split
+    monkeypatch.setattr(karmma, "map_split", lambda *a, **k: written.append(real(*a, **k)) or written[-1])
+    pipe.teacher_tokens(pipe.build_extractors())
+    assert written == [0, 0], "every token was already cached by the extract jobs"
+    # with a fit missing, extract caches the clips and says what to run
+    cfg2 = demo_config(None, [*base, f"cache.root={tmp_path / 'cache2'}"])
+    exp.write_text(yaml.safe_dump(to_dict(cfg2)))
+    assert main(["extract", str(exp)]) == 0
+    assert "unimodal fit" in capsys.readouterr().out
+    assert list((tmp_path / "cache2").glob("clips-*")) and not list((tmp_path / "cache2").glob("tokens-*"))

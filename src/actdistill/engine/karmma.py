@@ -447,7 +447,7 @@ class KarmmaPipeline:
             tokens, _ = encode_present(extractors, self.modalities, inputs, present.to(self.device))
             return {k: v.cpu() for k, v in tokens.items()}
 
-        shard = Shard.of_rank()
+        shard = self.shard
         out = []
         d = self.cfg.data
         for split, clips in ((d.train_split, self.train_split), (d.test_split, self.test_split)):
@@ -581,7 +581,7 @@ class KarmmaPipeline:
         from actdistill.engine.fewshot import weights_hash
 
         key = {"kind": "teacher_logits", "teacher": weights_hash(teacher.fusion), "tokens": self.train_tokens.cache.key}
-        shard = Shard.of_rank()
+        shard = self.shard
 
         def fn(tokens: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
             return {t: v.cpu() for t, v in task.teacher_logits(tokens, present.to(self.device)).items()}
