@@ -103,22 +103,25 @@ class _SpyHandle:
         self.reads.append(name)
         return self.inner.get_tensor(name)
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 def test_get_reads_only_the_requested_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     c = FeatureCache(tmp_path, "feat", KEY, shard_size=4)
     _fill(c, [(i, 0) for i in range(12)])
     opened: list[str] = []
     reads: list[str] = []
-    real_open, real_load = cm.safe_open, cm.load_file
+    real_open, real_load = cm.open_shard, cm.load_file
 
-    def spy_open(path: str, framework: str) -> _SpyHandle:
+    def spy_open(path: str) -> _SpyHandle:
         opened.append(Path(path).name)
-        return _SpyHandle(real_open(path, framework=framework), reads)
+        return _SpyHandle(real_open(path), reads)
 
     def no_full_load(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("get() must not load a whole shard")
 
-    monkeypatch.setattr(cm, "safe_open", spy_open)
+    monkeypatch.setattr(cm, "open_shard", spy_open)
     monkeypatch.setattr(cm, "load_file", no_full_load)
     reader = FeatureCache(tmp_path, "feat", KEY)
     got = reader.get("u005", 0)
@@ -130,6 +133,28 @@ def test_get_reads_only_the_requested_entry(tmp_path: Path, monkeypatch: pytest.
     reader.preload()  # the explicit in-memory path: later gets read no file
     reads.clear()
     assert torch.equal(reader.get("u011", 0)["n"], torch.arange(2)) and reads == [] and len(opened) == 1
+
+
+def test_shard_reader_reads_what_safetensors_wrote(tmp_path: Path) -> None:
+    """The pread reader returns, tensor by tensor, exactly what safetensors stored (every dtype the
+    cache writes, empty and scalar tensors), and a truncated shard is a clear error."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(3, 4, generator=gen).half(), "b": torch.arange(5), "c": torch.randn(2, generator=gen),
+               "d": torch.zeros(0, 3), "e": torch.tensor(7, dtype=torch.int32), "f": torch.tensor([True, False]),
+               "g": torch.randn(2, 2, generator=gen).bfloat16()}
+    path = tmp_path / "s.safetensors"
+    save_file(tensors, str(path), metadata={"k": "v"})
+    reader = cm.open_shard(path)
+    assert sorted(reader.keys()) == sorted(tensors)
+    for name, t in tensors.items():
+        got = reader.get_tensor(name)
+        assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t), name
+    reader.close()
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(ValueError, match=r"out of the file|truncated"):
+        cm.open_shard(path).get_tensor("g")
 
 
 def test_refresh_sees_entries_another_instance_appended(tmp_path: Path) -> None:

@@ -29,9 +29,12 @@ Why this shape, for EPIC-KITCHENS-100 scale (67k samples x 4 views) written by m
   :meth:`FeatureCache.refresh` continues each log from the byte offset it had reached. When two
   writers stored the same ``(uid, view)``, the entry from the writer whose name sorts first wins
   (then the earlier line), whatever order the lines were read in, so all processes agree.
-* **Lazy reads.** :meth:`FeatureCache.get` reads only the requested entry's tensors through a small
-  LRU of ``safetensors.safe_open`` handles (memory-mapped), so memory does not grow with the
-  cache. :meth:`FeatureCache.preload` is the explicit fast path for small caches that fit in memory.
+* **Lazy reads.** :meth:`FeatureCache.get` reads only the requested entry's bytes (``pread`` at the
+  offsets the safetensors header gives) through a small LRU of open shards, so memory does not
+  grow with the cache. Not ``safe_open``: it memory-maps the shard, and every page a read touched
+  stays in the process's resident set while the handle is open (8 open clip shards of 256
+  entries are over a gigabyte). :meth:`FeatureCache.preload` is the explicit fast path for small
+  caches that fit in memory.
 
 The same cache stores decoded input clips (extractor ``None``: identity) so that several models
 trained on the same fixed views decode the videos once.
@@ -55,7 +58,6 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from actdistill.data.records import DataError
@@ -174,6 +176,65 @@ def _writer_lock(lock_path: Path, log_path: Path, writer: str) -> _WriterLock:
             held = _WriterLock(lock_path, log_path, writer)
             _HELD[key] = held
         return held
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+class ShardReader:
+    """Reads single tensors of a safetensors file with ``pread``: the header once, then only the
+    bytes of the tensors asked for, into memory the caller owns (no memory map)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.fd = os.open(self.path, os.O_RDONLY)
+        try:
+            size = os.fstat(self.fd).st_size
+            raw = os.pread(self.fd, 8, 0)
+            if len(raw) < 8:
+                raise ValueError("shorter than a safetensors header")
+            n = int.from_bytes(raw, "little")
+            if n > size - 8:
+                raise ValueError(f"header of {n} bytes in a file of {size}")
+            header = json.loads(os.pread(self.fd, n, 8))
+            header.pop("__metadata__", None)
+            self.base = 8 + n
+            self.index: dict[str, tuple[torch.dtype, list[int], int, int]] = {}
+            for name, info in header.items():
+                begin, end = info["data_offsets"]
+                if info["dtype"] not in _DTYPES or not 0 <= begin <= end <= size - self.base:
+                    raise ValueError(f"tensor {name!r}: unsupported dtype or offsets out of the file")
+                self.index[name] = (_DTYPES[info["dtype"]], list(info["shape"]), begin, end)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def keys(self) -> list[str]:
+        return list(self.index)
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        dtype, shape, begin, end = self.index[name]
+        buf = bytearray(end - begin)
+        got = os.preadv(self.fd, [buf], self.base + begin) if buf else 0
+        if got != len(buf):
+            raise ValueError(f"tensor {name!r} truncated ({got} of {len(buf)} bytes)")
+        if not buf:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def open_shard(path: str | Path) -> ShardReader:
+    return ShardReader(path)
 
 
 def _fsync_path(path: str | Path) -> None:
@@ -471,13 +532,13 @@ class FeatureCache:
             return self._open[shard]
         path = self.dir / shard
         try:
-            handle = safe_open(str(path), framework="pt")
+            handle = open_shard(path)
             opened = (handle, frozenset(handle.keys()))
-        except Exception as err:  # safetensors raises its own error types
+        except (OSError, ValueError) as err:
             raise DataError(path, f"cache shard unreadable ({err}); delete {self.dir} to rebuild it") from None
         self._open[shard] = opened
         while len(self._open) > self.max_open_shards:
-            self._open.popitem(last=False)
+            self._open.popitem(last=False)[1][0].close()
         return opened
 
     def get(self, uid: str, view: int) -> dict[str, torch.Tensor]:
