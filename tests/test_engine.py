@@ -240,3 +240,22 @@ def test_wilson_interval_known_values_and_edges() -> None:
     assert 17.0 < lo < 19.0 and 36.0 < hi < 38.0
     assert wilson_interval(0.0, 10)[0] == 0.0 and wilson_interval(100.0, 10)[1] == 100.0
     assert all(x != x for x in wilson_interval(50.0, 0))  # no samples: NaN, not a fake interval
+
+
+def test_process_group_timeout_comes_from_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run.dist_timeout_min`` reaches ``init_process_group`` (a rank waits that long at a barrier);
+    the default is 30 minutes."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from actdistill.engine import distributed
+
+    seen: list[dict] = []
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "is_distributed", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: seen.append(kw))
+    distributed.init_from_env(5.0)
+    distributed.init_from_env()
+    assert [kw["timeout"] for kw in seen] == [timedelta(minutes=5), timedelta(minutes=30)]
