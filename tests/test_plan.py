@@ -10,6 +10,7 @@ documentation: ``python -m tests.test_plan OUT_DIR``.
 from __future__ import annotations
 
 import csv
+import json
 import random
 import sys
 from pathlib import Path
@@ -21,11 +22,13 @@ from actdistill.cli import main
 from actdistill.config import build_config
 from actdistill.data.builder import build_dataset, load_index
 from actdistill.data.datasets.epic_kitchens import COLUMNS
+from actdistill.data.datasets.ssv2 import ASSUMED_FRAMES, load_ssv2
 from actdistill.data.records import DataError
 from actdistill.engine.karmma import KarmmaConfig
 from actdistill.plan import F16, format_plan, numel, plan_karmma, sample_shapes
 
 EPIC_TRAIN, EPIC_VALIDATION, EPIC_VERBS, EPIC_NOUNS = 67217, 9668, 97, 300
+SSV2_TRAIN, SSV2_VALIDATION, SSV2_TEST, SSV2_CLASSES = 168913, 24777, 27157, 174
 SSV2_SMALL = {"train": 64, "val": 12, "test": 24}  # classes per split, 100 videos each (CMN's SSv2-Small)
 
 
@@ -76,6 +79,44 @@ def write_epic_annotations(folder: Path, n_train: int, n_validation: int, seed: 
             w = csv.writer(fh)
             w.writerow(COLUMNS)
             w.writerows(rows(n, int(s * 1e9)))
+    return folder
+
+
+def write_ssv2_annotations(folder: Path, n_train: int, n_validation: int, n_test: int,
+                           n_classes: int = SSV2_CLASSES, seed: int = 0) -> Path:
+    """Something-Something v2 label JSONs as officially published (``something-something-v2-labels.json``:
+    template without brackets -> index as a string; ``-train``/``-validation.json``: rows of
+    ``id``, ``label``, ``template``, ``placeholders``; ``-test.json``: ``id`` only) with the given
+    counts. Rows are random but well-formed: unique numeric ids, templates with one or two
+    ``[something]`` slots, labels filled in from the placeholders, every class used in train.
+    Only the annotations are written: no videos, flow or boxes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    objects = ["potato", "cup", "pen", "book", "phone", "remote", "spoon", "box", "bottle", "towel"]
+    templates = [f"Doing action {c} to [something]" + (" with [something]" if c % 3 == 0 else "")
+                 for c in range(n_classes)]
+    labels = {t.replace("[", "").replace("]", ""): str(c) for c, t in enumerate(templates)}
+    (folder / "something-something-v2-labels.json").write_text(json.dumps(labels, indent=1))
+    ids = list(range(1, n_train + n_validation + n_test + 1))
+    rng.shuffle(ids)
+
+    def rows(vids: list[int], first_all_classes: bool) -> list[dict[str, object]]:
+        out = []
+        for i, vid in enumerate(vids):
+            c = i if first_all_classes and i < n_classes else rng.randrange(n_classes)
+            template = templates[c]
+            placeholders = [rng.choice(objects) for _ in range(template.count("[something]"))]
+            label = template
+            for obj in placeholders:
+                label = label.replace("[something]", obj, 1)
+            out.append({"id": str(vid), "label": label[0].lower() + label[1:], "template": template,
+                        "placeholders": placeholders})
+        return out
+
+    train, val, test = ids[:n_train], ids[n_train:n_train + n_validation], ids[n_train + n_validation:]
+    (folder / "something-something-v2-train.json").write_text(json.dumps(rows(train, True)))
+    (folder / "something-something-v2-validation.json").write_text(json.dumps(rows(val, False)))
+    (folder / "something-something-v2-test.json").write_text(json.dumps([{"id": str(v)} for v in test]))
     return folder
 
 
@@ -167,6 +208,48 @@ def test_plan_epic_fixture_without_media(tmp_path: Path) -> None:
         plan_karmma(cfg, check_media=True)
 
 
+def test_plan_ssv2_fixture_without_media(tmp_path: Path) -> None:
+    """SSv2 label JSONs and no videos, flow or boxes: with ``check_media=False`` every valid row is
+    a segment (labels still validated: a row whose template is not in the labels file is a
+    problem, not a sample), and the plan counts them; with the media check the adapter says the
+    dataset root is missing, or, given an empty root, that no video file was found."""
+    ann = write_ssv2_annotations(tmp_path / "labels", 10, 4, 3)
+    val_file = ann / "something-something-v2-validation.json"
+    rows = json.loads(val_file.read_text())
+    rows.append({"id": "999999", "label": "no such thing", "template": "No such [something]",
+                 "placeholders": ["thing"]})
+    val_file.write_text(json.dumps(rows))
+    media = {"root": tmp_path / "no-media", "annotations": ann, "modalities": ("rgb", "flow", "boxes"),
+             "flow_root": tmp_path / "flow", "boxes_root": tmp_path / "boxes"}
+    counts = {split: load_ssv2(split=split, check_media=False, **media) for split in ("train", "validation", "test")}
+    assert {k: len(v.segments) for k, v in counts.items()} == {"train": 10, "validation": 4, "test": 3}
+    assert [p.kind for p in counts["validation"].problems] == ["unknown_label"]
+    assert len(counts["train"].classes["class"]) == SSV2_CLASSES
+    assert {s.labels["class"] for s in counts["train"].segments} == set(range(10))  # first rows use classes 0..9
+    seg = counts["train"].segments[0]
+    assert seg.stop_frame == ASSUMED_FRAMES and seg.meta["num_frames_assumed"]
+    assert seg.sources["rgb"].path == str(tmp_path / "no-media" / f"{seg.uid}.webm")
+    assert seg.sources["flow"].path == str(tmp_path / "flow" / seg.uid)
+    assert seg.sources["boxes"].path == str(tmp_path / "boxes" / f"{seg.uid}.json")
+    assert counts["test"].segments[0].labels == {}
+
+    with pytest.raises(DataError, match="dataset root not found"):
+        load_ssv2(split="train", **media)
+    (tmp_path / "no-media").mkdir()
+    cfg = build_config(KarmmaConfig, "configs/karmma/ssv2.yaml", [
+        f"data.root={tmp_path / 'no-media'}", f"data.annotations={ann}", "rows=[student]"])
+    with pytest.raises(DataError, match=r"no usable samples.*video file not found"):
+        load_index(cfg.data, "train")
+
+    plan = plan_karmma(cfg)
+    assert plan["index"].startswith("annotations only")
+    assert plan["splits"]["train"]["samples"] == 10 and plan["splits"]["test"]["samples"] == 4
+    assert plan["problems"] == {"train": 0, "validation": 1}
+    assert plan["classes"] == {"class": SSV2_CLASSES}
+    with pytest.raises(DataError, match="no usable samples"):
+        plan_karmma(cfg, check_media=True)
+
+
 def test_cli_plan_prints_tables_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ann = write_epic_annotations(tmp_path / "ann", 8, 4)
     args = ["karmma", "plan", "configs/karmma/epic_kitchens_100.yaml", f"data.root={tmp_path}",
@@ -175,8 +258,6 @@ def test_cli_plan_prints_tables_and_json(tmp_path: Path, capsys: pytest.CaptureF
     out = capsys.readouterr().out
     assert "On-disk caches:" in out and "| clips-train |" in out and "Estimated peak per process" in out
     assert main([*args, "--json", "--tflops", "100"]) == 0
-    import json
-
     plan = json.loads(capsys.readouterr().out)
     assert plan["splits"]["train"]["samples"] == 8 and plan["wall_clock_hint"]["assumed_tflops"] == 100
 
@@ -199,8 +280,6 @@ def test_cli_fewshot_plan_from_split_files(tmp_path: Path, capsys: pytest.Captur
             f"data.annotations={splits}", "backbone.name=tiny", "heads.dim=32", "data.options.benchmark=custom",
             "heads.methods=[protonet,otam]", "--json"]
     assert main(args) == 0
-    import json
-
     plan = json.loads(capsys.readouterr().out)
     assert plan["splits"]["train"] == {"split": "train", "classes": 6, "videos": 18}
     assert plan["splits"]["test"]["videos"] == 15
@@ -214,5 +293,6 @@ if __name__ == "__main__":  # full-size fixtures for the documentation's plan ou
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "plan-fixtures")
     write_epic_annotations(out / "epic-kitchens-100-annotations", EPIC_TRAIN, EPIC_VALIDATION)
     write_fewshot_splits(out / "ssv2_CMN", SSV2_SMALL, 100)
+    write_ssv2_annotations(out / "ssv2-labels", SSV2_TRAIN, SSV2_VALIDATION, SSV2_TEST)
     torch.set_num_threads(1)
-    print(f"wrote {out}/epic-kitchens-100-annotations and {out}/ssv2_CMN")
+    print(f"wrote {out}/epic-kitchens-100-annotations, {out}/ssv2_CMN and {out}/ssv2-labels")

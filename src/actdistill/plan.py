@@ -5,8 +5,8 @@ several models and evaluates thousands of masks or episodes. This module estimat
 config and the annotation files alone (no video decoding, no training), what such a run costs:
 
 - samples (and few-shot classes) per split, from the dataset adapter's own index
-  (:func:`actdistill.data.builder.load_index`); adapters that can (EPIC-KITCHENS-100, synthetic,
-  few-shot splits) are asked with ``check_media=False`` so nothing on disk but the annotations
+  (:func:`actdistill.data.builder.load_index`); adapters that can (EPIC-KITCHENS-100, SSv2,
+  synthetic, few-shot splits) are asked with ``check_media=False`` so nothing on disk but the annotations
   is needed, and counts are the annotation rows the adapter accepts;
 - bytes of every on-disk cache: per-sample tensor shapes derived from the config exactly as the
   readers and the spatial transform produce them, times float16 (clips, tokens) or float32
@@ -145,12 +145,22 @@ def measure(module: nn.Module, args: Sequence[Any], train: bool) -> dict[str, in
 def measure_on_meta(module: nn.Module, shape: Sequence[int], train: bool) -> dict[str, int]:
     """:func:`measure` of a copy of ``module`` on the ``meta`` device with a batch-1 input of
     ``shape`` (shapes only: a Swin3D-B clip costs milliseconds); the CPU at batch 1 if some op has
-    no meta kernel."""
+    no meta kernel (a data-dependent one: the boxes encoder's validity mask indexing).
+
+    A module that only exists on ``meta`` (the teacher's extractors are built there) is given
+    zero-filled CPU storage for that fallback. Why zeros: ``to_empty`` leaves memory uninitialised,
+    and FLOPs and saved-tensor shapes do not depend on the weights' values, while garbage could."""
     try:
         m = copy.deepcopy(module).to("meta")
         return measure(m, (torch.zeros((1, *shape), device="meta"),), train)
     except (RuntimeError, NotImplementedError):
-        return measure(module, (torch.zeros((1, *shape)),), train)
+        cpu = module
+        if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+            cpu = copy.deepcopy(module).to_empty(device="cpu")
+            with torch.no_grad():
+                for t in (*cpu.parameters(), *cpu.buffers()):
+                    t.zero_()
+        return measure(cpu, (torch.zeros((1, *shape)),), train)
 
 
 class _TokenStub(nn.Module):

@@ -39,6 +39,9 @@ MODALITIES = ("rgb", "flow", "boxes")
 NUM_CLASSES = 174
 _VIDEO_EXTS = (".webm", ".mp4")
 _AUTO_SAMPLE = 64  # ids checked to detect the layout: enough to survive a few missing videos
+#: frames assumed per video when the media are not read (``check_media=False``): about 4 s at the
+#: published 12 fps (the clips run 2-6 s). Only the segment's ``stop_frame`` carries it.
+ASSUMED_FRAMES = 48
 
 
 def _find(ann_dir: Path, names: Sequence[str]) -> Path | None:
@@ -100,6 +103,7 @@ def load_ssv2(
     *,
     flow_template: str | None = None,
     workers: int = 8,
+    check_media: bool = True,
 ) -> DatasetIndex:
     """Index one SSv2 split: one whole-video :class:`Segment` per listed id, task ``"class"``.
 
@@ -107,6 +111,14 @@ def load_ssv2(
     the container's rate is used. Bad rows and missing videos become problems; a missing or
     malformed labels/split file raises :class:`DataError`. Segments carry ``template``,
     ``placeholders`` and ``label`` (the filled-in description) in ``meta`` for text prompts.
+
+    ``check_media=False`` reads the label files alone (rows and labels validated as usual): every
+    row becomes a segment with the sources the official layout names (see
+    :func:`_declared_sources`), unverified, and :data:`ASSUMED_FRAMES` frames where the video's
+    header or frame folder would otherwise give the count (``meta["num_frames_assumed"]``); ``root``
+    need not exist. Why: ``actdistill karmma plan`` sizes a run before the 220k videos (and their
+    flow and boxes) are downloaded, and without probing every one of them; nothing may decode
+    such an index.
     """
     if split not in SPLITS:
         raise ValueError(f"SSv2 split must be one of {SPLITS}, got {split!r}")
@@ -123,7 +135,7 @@ def load_ssv2(
         raise ValueError(f"frames_layout must be auto, video or frames, got {frames_layout!r}")
 
     root_p = Path(root)
-    if not root_p.is_dir():
+    if check_media and not root_p.is_dir():
         raise DataError(root_p, "dataset root not found")
     ann_dir = Path(annotations) if annotations is not None else root_p
     labels_names = ("something-something-v2-labels.json", "labels.json")
@@ -153,6 +165,21 @@ def load_ssv2(
         )
 
     parsed = _parse_rows(rows, split_path, labels, split != "test", problems)
+    if not check_media:
+        declared = [
+            _segment(
+                row,
+                _declared_sources(root_p, row["id"], mods, frames_layout, frame_template, flow_root, boxes_root,
+                                  flow_template, fps),
+                ASSUMED_FRAMES,
+                fps,
+            )
+            for row in parsed
+        ]
+        for seg in declared:
+            seg.meta["num_frames_assumed"] = True
+        return DatasetIndex(name="ssv2", split=split, segments=declared, classes={"class": classes},
+                            problems=problems)
     ids = [r["id"] for r in parsed]
     if frames_layout == "auto":
         layout, ext = _detect_layout(root_p, ids)
@@ -198,22 +225,60 @@ def load_ssv2(
                 problems.append(box)
             elif box is not None:
                 sources["boxes"] = box
-        meta: dict[str, Any] = {k: row[k] for k in ("template", "placeholders", "label") if k in row}
-        if "template" in row:
-            meta["class_name"] = template_key(row["template"])
-        segments.append(
-            Segment(
-                uid=vid,
-                video_id=vid,
-                start_frame=1,
-                stop_frame=media.num_frames,
-                fps=rate,
-                labels={"class": row["class"]} if "class" in row else {},
-                sources=sources,
-                meta=meta,
-            )
-        )
+        segments.append(_segment(row, sources, media.num_frames, rate))
     return DatasetIndex(name="ssv2", split=split, segments=segments, classes={"class": classes}, problems=problems)
+
+
+def _segment(row: dict[str, Any], sources: dict[str, Source], num_frames: int, fps: float) -> Segment:
+    """The whole-video segment of one parsed row (text fields kept in ``meta`` for prompts)."""
+    meta: dict[str, Any] = {k: row[k] for k in ("template", "placeholders", "label") if k in row}
+    if "template" in row:
+        meta["class_name"] = template_key(row["template"])
+    return Segment(
+        uid=row["id"],
+        video_id=row["id"],
+        start_frame=1,
+        stop_frame=num_frames,
+        fps=fps,
+        labels={"class": row["class"]} if "class" in row else {},
+        sources=sources,
+        meta=meta,
+    )
+
+
+def _declared_sources(
+    root: Path,
+    vid: str,
+    modalities: Sequence[str],
+    frames_layout: str,
+    frame_template: str,
+    flow_root: str | Path | None,
+    boxes_root: str | Path | None,
+    flow_template: str | None,
+    fps: float,
+) -> dict[str, Source]:
+    """Where the official layout puts each modality of ``vid``, not checked on disk.
+
+    RGB is the released ``<root>/<id>.webm`` unless ``frames_layout="frames"`` names extracted
+    frames (``auto`` cannot look, so it assumes the release); flow is ``<flow_root>/<id>/{u,v}/``;
+    boxes are one file keyed by id when ``boxes_root`` is a ``.json`` file (or an existing file),
+    else ``<boxes_root>/<id>.json``. No frame counts and no box image sizes: they are on disk only.
+    """
+    where: dict[str, Source] = {}
+    if frames_layout == "frames":
+        where["rgb"] = Source(kind="frames", path=str(root / vid), template=frame_template, fps=fps)
+    else:
+        where["rgb"] = Source(kind="video", path=str(root / f"{vid}{_VIDEO_EXTS[0]}"), fps=fps)
+    if "flow" in modalities and flow_root is not None:
+        where["flow"] = Source(kind="uv_frames", path=str(Path(flow_root) / vid),
+                               template=flow_template or frame_template, fps=fps)
+    if "boxes" in modalities and boxes_root is not None:
+        b = Path(boxes_root)
+        if b.suffix.lower() == ".json" or b.is_file():
+            where["boxes"] = Source(kind="boxes_json", path=str(b), options={"key": vid})
+        else:
+            where["boxes"] = Source(kind="boxes_json", path=str(b / f"{vid}.json"))
+    return {m: src for m, src in where.items() if m in modalities}
 
 
 def _parse_rows(
