@@ -190,3 +190,26 @@ def test_every_stage_resumes_bit_identical_after_a_kill_inside_it(tiny_root: Pat
         assert weights.keys() == resumed[name].keys()
         for k, v in weights.items():
             assert torch.equal(v, resumed[name][k]), (name, k)
+
+
+def test_a_fit_does_not_depend_on_where_the_data_lives(tiny_root: Path, tmp_path: Path) -> None:
+    """The same data in another folder gives the same unimodal fit: the fit's cache key (which
+    holds ``data.root``) names its checkpoints, not its random draws."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from actdistill.engine.karmma import KarmmaPipeline
+
+    other = tmp_path / "elsewhere"
+    shutil.copytree(tiny_root, other)
+    fits = []
+    for root, name in ((tiny_root, "a"), (other, "b")):
+        cfg = demo_config(None, [f"data.root={root}", f"cache.root={tmp_path / name}", *TINY,
+                                 "teacher.unimodal_optim.epochs=2", "teacher.unimodal_optim.batch_size=2"])
+        (tmp_path / f"run-{name}").mkdir()
+        pipe = KarmmaPipeline(cfg, tmp_path / f"run-{name}")
+        pipe.load_data()
+        fits.append(load_file(str(pipe.fit_unimodal("audio"))))
+    assert fits[0].keys() == fits[1].keys()
+    assert all(torch.equal(fits[0][k], fits[1][k]) for k in fits[0])

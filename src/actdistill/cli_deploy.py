@@ -49,6 +49,7 @@ BENCHMARKS = {
     "data": ("actdistill.bench.data_loading", "clips/s per modality with 0, 1, 2 workers vs naive decoding"),
     "otam": ("actdistill.bench.otam", "vectorised OTAM vs the double loop"),
     "fewshot": ("actdistill.bench.fewshot_eval", "few-shot evaluation on cached features vs per-episode encoding"),
+    "scale": ("actdistill.bench.scale", "KARMMA peak memory on small vs medium data; streaming vs in-memory speed"),
 }
 
 

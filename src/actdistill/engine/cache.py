@@ -189,6 +189,7 @@ class ShardReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.fd = -1
         self.fd = os.open(self.path, os.O_RDONLY)
         try:
             size = os.fstat(self.fd).st_size
@@ -208,7 +209,7 @@ class ShardReader:
                     raise ValueError(f"tensor {name!r}: unsupported dtype or offsets out of the file")
                 self.index[name] = (_DTYPES[info["dtype"]], list(info["shape"]), begin, end)
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
 
     def keys(self) -> list[str]:
@@ -225,9 +226,11 @@ class ShardReader:
         return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Close the file once (a second call, or ``__del__`` after it, must not close a descriptor
+        number the process has since reused for another file)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __del__(self) -> None:
         self.close()

@@ -372,12 +372,13 @@ class KarmmaPipeline:
         ocfg = self.cfg.teacher.unimodal_optim
         # The stage name carries the key: a student fit must not resume from the teacher's checkpoints.
         stage = f"unimodal_{m}_{cache_key_hash(key)[:8]}"
+        draws = f"unimodal_{m}"  # the draws must not depend on the key (which holds e.g. data.root)
 
         def batches(epoch: int, start: int = 0):
-            return self.loader(self.train_split, stage, epoch, start, ocfg.batch_size, rows=rows)
+            return self.loader(self.train_split, draws, epoch, start, ocfg.batch_size, rows=rows)
 
         t0 = time.perf_counter()
-        hist = self.fit(UnimodalTask(net, m), batches, len(rows), ocfg, stage)["history"]
+        hist = self.fit(UnimodalTask(net, m), batches, len(rows), ocfg, stage, draws)["history"]
         took = self.timings[f"{label}_{m}"] = time.perf_counter() - t0
         acc = self._unimodal_accuracy(net, m)
         _log(f"{label} {m}: loss {hist[-1]['loss']:.3f}, test top-1 {acc} ({took:.1f}s)")
@@ -538,15 +539,17 @@ class KarmmaPipeline:
         _log(f"{kind}: trained in {self.timings[kind]:.1f}s")
         return model
 
-    def fit(self, task: nn.Module, batches: Any, samples: int, ocfg: OptimConfig, stage: str) -> dict[str, Any]:
+    def fit(self, task: nn.Module, batches: Any, samples: int, ocfg: OptimConfig, stage: str,
+            draws: str | None = None) -> dict[str, Any]:
         """Train ``task`` (a task module: ``forward(batch) -> losses``) with the one trainer: this
         rank's steps over ``samples`` training samples, ``train.*`` (precision, step checkpoints,
-        log interval), per-step seeds from ``run.seed``."""
+        log interval), per-step seeds from ``run.seed`` and ``draws`` (default: the stage name)."""
         tcfg = self.cfg.train
+        draws = draws or stage
         return fit(task, lambda batch, module: module(batch), batches, steps_per_epoch(samples, ocfg.batch_size),
                    ocfg, self.run_dir, stage, self.progress, precision=tcfg.precision,
-                   checkpoint_every=tcfg.checkpoint_every, seed=stable_seed(self.cfg.run.seed, stage),
-                   log_every=tcfg.log_every)
+                   checkpoint_every=tcfg.checkpoint_every, seed=stable_seed(self.cfg.run.seed, draws),
+                   log_every=tcfg.log_every, seed_name=draws)
 
     def unimodal_init(self) -> dict[str, Path]:
         """``student.init_unimodal``: modality -> weights of its student encoder fitted alone.

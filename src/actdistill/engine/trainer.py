@@ -432,6 +432,7 @@ def fit(
     device: str | torch.device | None = None,
     stop_after_steps: int | None = None,
     keep: int = 2,
+    seed_name: str | None = None,
     _step_based: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.epochs`` epochs, resuming from ``run_dir/checkpoints/<stage>`` if a
@@ -461,6 +462,8 @@ def fit(
     means) every that many optimizer steps. ``scheduler``: ``"cosine"`` or ``"none"``.
     ``device``: where Fabric puts the model (None: where it is). ``stop_after_steps``: return after
     that many global optimizer steps, as a killed job would (for tests and dry runs).
+    ``seed_name``: the name the per-step seeds are keyed by (default: ``stage``); give one when the
+    stage name carries something that must not change the draws (e.g. a cache key's hash).
 
     A non-finite loss raises FloatingPointError naming the stage and epoch. Only rank 0 writes
     checkpoints and logs.
@@ -534,7 +537,7 @@ def fit(
             bar = tqdm(total=steps_per_epoch, initial=start, desc=f"{stage} {epoch + 1}/{cfg.epochs}",
                        disable=not (progress and is_main()), leave=True, unit="batch", dynamic_ncols=True)
             try:
-                reseed(step_seed(seed, stage, epoch, start if given_start else 0, rk))
+                reseed(step_seed(seed, seed_name or stage, epoch, start if given_start else 0, rk))
                 source = batches(epoch, start) if given_start else batches(epoch)
                 expect = steps_per_epoch - (start if given_start else 0)
                 if hasattr(source, "__len__") and len(source) != expect:  # type: ignore[arg-type]
@@ -545,12 +548,12 @@ def fit(
                 it = iter(source)
                 if not given_start:
                     for j in range(start):
-                        reseed(step_seed(seed, stage, epoch, j, rk))
+                        reseed(step_seed(seed, seed_name or stage, epoch, j, rk))
                         if next(it, None) is None:
                             raise ValueError(f"{stage}: epoch {epoch + 1} has fewer than {start} batches to resume")
                 i = start
                 while True:
-                    reseed(step_seed(seed, stage, epoch, i, rk))
+                    reseed(step_seed(seed, seed_name or stage, epoch, i, rk))
                     batch = next(it, None)
                     if batch is None:
                         break
