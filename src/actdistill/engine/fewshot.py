@@ -755,10 +755,10 @@ class FewShotPipeline:
             def episodes(start: int) -> DataLoader:
                 return _loader(TrainEpisodes(sampler, ids[start:], tcfg.seed, **source), workers)
 
-            def step(b: dict[str, Any]) -> dict[str, Tensor]:
+            def step(b: dict[str, Any], module: nn.Module) -> dict[str, Tensor]:
                 seed_episode(tcfg.seed, b["episode"])
                 labels = {k: t.to(device) for k, t in b["labels"].items()}
-                out = net(b["support"].to(device), b["query"].to(device), labels)
+                out = module(b["support"].to(device), b["query"].to(device), labels)  # the trainer's (DDP) wrapper
                 loss = out["loss"] if net.loss_scaled else out["loss"] / acc
                 scale = ws if b["weight"] == 1.0 else ws * b["weight"]
                 logs = {k: v.detach() for k, v in out.items() if k.startswith("loss") and v.dim() == 0}
