@@ -320,25 +320,26 @@ def plan_karmma(cfg: Any, check_media: bool = False, tflops: float | None = None
     # ---------------------------------------------------------------- caches
     clip_entry = {m: numel(s) * F16 for m, s in shapes.items()}
     token_entry = {m: n * d * F16 for m, (n, d) in tokens.items()}
-    caches = [
-        {"cache": f"clips-{data.train_split}", "entries": n_train * tv,
-         "bytes": tv * sum(in_train[m] * clip_entry[m] for m in mods),
-         "per_entry_bytes": sum(clip_entry.values()), "what": "decoded clips, float16"},
-        {"cache": f"clips-{data.test_split}", "entries": n_test * sv,
-         "bytes": sv * sum(in_test[m] * clip_entry[m] for m in mods),
-         "per_entry_bytes": sum(clip_entry.values()), "what": "decoded clips, float16"},
-        {"cache": f"tokens-{data.train_split}", "entries": n_train * tv,
-         "bytes": tv * sum(in_train[m] * token_entry[m] for m in mods),
-         "per_entry_bytes": sum(token_entry.values()), "what": "frozen teacher tokens, float16"},
-        {"cache": f"tokens-{data.test_split}", "entries": n_test * sv,
-         "bytes": sv * sum(in_test[m] * token_entry[m] for m in mods),
-         "per_entry_bytes": sum(token_entry.values()), "what": "frozen teacher tokens, float16"},
-    ]
+    caches: list[dict[str, Any]] = []
+
+    def cache_row(name: str, n: int, views: int, per: dict[str, int], have: dict[str, int], what: str) -> None:
+        caches.append({"cache": name, "entries": n * views, "bytes": views * sum(have[m] * per[m] for m in mods),
+                       "per_entry_bytes": sum(per.values()), "what": what})
+
+    for split, n, views, have in ((data.train_split, n_train, tv, in_train), (data.test_split, n_test, sv, in_test)):
+        cache_row(f"clips-{split}", n, views, clip_entry, have, "decoded clips, float16")
+        # the pipeline decodes online instead of writing this cache (engine.clips.load_clips)
+        c, mode = caches[-1], cfg.cache.clips
+        if mode == "online" or (mode == "auto" and c["bytes"] > cfg.cache.clips_max_gb * 2**30):
+            c["what"] = f"not written: decoded online (cache.clips={mode}; would be {human_bytes(c['bytes'])})"
+            c["bytes"] = 0
+    for split, n, views, have in ((data.train_split, n_train, tv, in_train), (data.test_split, n_test, sv, in_test)):
+        cache_row(f"tokens-{split}", n, views, token_entry, have, "frozen teacher tokens, float16")
     kd_rows = [r for r in cfg.rows if row_spec(r).distil]
     if kd_rows and cfg.student.teacher_input == "all":
-        per = sum(heads.values()) * F16
+        per = sum(heads.values()) * F32
         caches.append({"cache": "teacher-logits", "entries": n_train * tv, "bytes": n_train * tv * per,
-                       "per_entry_bytes": per, "what": "teacher logits on all modalities, float16"})
+                       "per_entry_bytes": per, "what": "teacher logits on all modalities, float32"})
 
     # ---------------------------------------------------------------- unimodal fits
     flops: list[dict[str, Any]] = []
@@ -455,10 +456,10 @@ def plan_karmma(cfg: Any, check_media: bool = False, tflops: float | None = None
 
     plan["caches"] = caches
     plan["cache_bytes_total"] = sum(c["bytes"] for c in caches)
-    in_mem = getattr(cfg.cache, "in_memory_mb", None)
-    if in_mem is not None:
-        plan["host_memory"] = {"in_memory_mb": in_mem, "held_in_memory": [
-            c["cache"] for c in caches if c["cache"].startswith(("clips", "tokens")) and c["bytes"] <= in_mem * 2**20]}
+    in_mem = cfg.cache.in_memory_mb
+    plan["host_memory"] = {"in_memory_mb": in_mem, "held_in_memory": [
+        c["cache"] for c in caches
+        if c["cache"].startswith(("clips", "tokens", "teacher-logits")) and 0 < c["bytes"] <= in_mem * 2**20]}
     plan["flops"] = flops
     plan["memory"] = memory
     plan["peak_device_bytes"] = max(m["device_peak_bytes"] for m in memory)

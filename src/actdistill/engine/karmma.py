@@ -594,7 +594,8 @@ class KarmmaPipeline:
             map_split(self.train_tokens, fn, cache, shard, "teacher logits", self.progress, chunk=self.cfg.cache.chunk)
         barrier()
         cache = FeatureCache(root, "teacher-logits", key, dtype=None)
-        cache.preload()  # [N, views, classes]: small next to the clips
+        if cache.nbytes() <= self.cfg.cache.in_memory_mb * 2**20:
+            cache.preload()
         return CachedSplit(cache, self.train_tokens.uids, None, tasks, self.train_tokens.views,
                            positions=self.train_tokens.positions)
 
