@@ -210,17 +210,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(
-    cls: type[C], experiment: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None
-) -> C:
-    """Typed defaults <- experiment (a YAML file, or its already-parsed mapping) <- dotted overrides,
-    validated against ``cls``."""
+def _overrides_tree(cls: Any, overrides: list[str]) -> dict[str, Any]:
+    """Dotted ``key.sub=value`` texts -> one nested mapping (later texts win), keys checked against ``cls``."""
     data: dict[str, Any] = {}
-    if isinstance(experiment, dict):
-        data = dict(experiment)
-    elif experiment is not None:
-        data = load_yaml(experiment)
-    for text in overrides or []:
+    for text in overrides:
         path, value = parse_override(text)
         _check_path(cls, path)
         node: dict[str, Any] = {}
@@ -229,6 +222,25 @@ def build_config(
             cur = cur.setdefault(part, {})
         cur[path[-1]] = value
         data = merge(data, node)
+    return data
+
+
+def build_config(
+    cls: type[C], experiment: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None,
+    defaults: list[str] | None = None,
+) -> C:
+    """Typed defaults <- ``defaults`` <- experiment (a YAML file, or its already-parsed mapping) <-
+    dotted overrides, validated against ``cls``.
+
+    ``defaults`` are dotted values a job sets for itself (``run.name=demo``): they sit *below* the
+    experiment file, so a YAML ``run: {name: x}`` is used, and an explicit override still wins.
+    Passed as overrides they would silently beat the file."""
+    data: dict[str, Any] = _overrides_tree(cls, list(defaults or []))
+    if isinstance(experiment, dict):
+        data = merge(data, dict(experiment))
+    elif experiment is not None:
+        data = merge(data, load_yaml(experiment))
+    data = merge(data, _overrides_tree(cls, list(overrides or [])))
     return from_dict(cls, data)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from actdistill.data.modalities.base import ModalityReader
+from actdistill.data.modalities.base import ModalityReader, modality_kind
 from actdistill.data.records import DataError, DatasetIndex, Problem, Segment
 from actdistill.data.sampling import TemporalSampler
 from actdistill.data.transforms import SpatialTransform
@@ -101,8 +101,8 @@ class MultimodalDataset(Dataset):
                 raise RuntimeError(f"{m} reader returned {x.shape[0]} frames for {flat.shape[0]} requested")
             if reader.spatial:
                 image_hw = image_hw or (int(x.shape[-2]), int(x.shape[-1]))
-                x = self.transform.apply(m, x, params)
-            elif m == "boxes":
+                x = self.transform.apply(modality_kind(m), x, params)  # flow:x flips like flow
+            elif modality_kind(m) == "boxes":
                 x = self.transform.apply_boxes(x, params, self._box_hw(src.options, image_hw))
             inputs[m] = x.reshape(views, t, *x.shape[1:])
         sample: dict[str, Any] = {"uid": seg.uid, "index": i, "labels": dict(seg.labels), "problems": problems}

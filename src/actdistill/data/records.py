@@ -29,7 +29,9 @@ class Problem:
 
     path: str
     message: str
-    kind: str = "unreadable"  # missing | unreadable | malformed | unknown_label | empty
+    # missing | unreadable | malformed | unknown_label | empty (adapters, readers);
+    # no_modality | eval_only_label (the job's data report, actdistill.data.report)
+    kind: str = "unreadable"
 
     @classmethod
     def from_error(cls, err: DataError, kind: str = "unreadable") -> Problem:
@@ -91,13 +93,23 @@ class Segment:
 
 @dataclass
 class DatasetIndex:
-    """What an adapter returns for one split: segments, class names per task, problems found."""
+    """What an adapter returns for one split: segments, class names per task, problems found.
+
+    ``rows_read``: how many annotation rows (or listed videos) of the split the adapter read, the
+    good and the bad; ``rows_read - len(segments)`` were dropped. ``None`` where an adapter does not
+    count them. Why: without it a job cannot say that a 40-clip test set became 30."""
 
     name: str
     split: str
     segments: list[Segment]
     classes: dict[str, list[str]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    rows_read: int | None = None
+
+    @property
+    def rows_dropped(self) -> int | None:
+        """Rows read but not turned into a segment (``None`` when the adapter did not count)."""
+        return None if self.rows_read is None else max(0, self.rows_read - len(self.segments))
 
     def modality_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -34,7 +34,7 @@ from actdistill.config import to_dict
 from actdistill.data.batch import Collate
 from actdistill.data.builder import DataConfig, build_dataset
 from actdistill.data.dataset import MultimodalDataset
-from actdistill.data.records import DataError, DatasetIndex
+from actdistill.data.records import DataError, DatasetIndex, Problem
 from actdistill.distill.dropout import modality_dropout
 from actdistill.engine.cache import FeatureCache, cache_key_hash
 from actdistill.engine.distributed import barrier, is_main, rank, world_size
@@ -103,8 +103,11 @@ def clip_cache_key(data: DataConfig, split: str, train: bool) -> dict[str, Any]:
     for k in ("batch_size", "num_workers", "train_split", "val_split", "test_split"):
         d.pop(k, None)
     d["options"] = {k: v for k, v in d.get("options", {}).items() if k != "generate"}  # whether to write, not what
-    return {"kind": "clips", "data": d, "files": data_stamp(data), "split": split, "train": train,
-            "view_seed": "uid"}
+    key = {"kind": "clips", "data": d, "files": data_stamp(data), "split": split, "train": train,
+           "view_seed": "uid"}
+    if any(m.partition(":")[0] == "flow" for m in data.modalities):  # clips cached before flow was rescaled
+        key["flow_units"] = "model_pixels"                             # with its resize hold other values
+    return key
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -176,7 +179,11 @@ class CachedSplit:
     own presence comes from the entries it read (:class:`CollateViews`).
 
     ``positions[i]``: sample ``i``'s place in the dataset index (``positions`` given: the places of
-    ``uids``), which fixes its work chunk (``position // CHUNK``) whichever samples are cached."""
+    ``uids``), which fixes its work chunk (``position // CHUNK``) whichever samples are cached.
+
+    ``skipped_uids`` names the samples left out; ``problems`` holds what reading found wrong
+    (``data.on_error: skip``: the files and why; set by :func:`load_clips`), so a job can say which
+    samples it lost and why instead of only how many."""
 
     def __init__(self, cache: ClipStore, uids: Sequence[str], labels: Mapping[str, Sequence[int]] | None,
                  modalities: Sequence[str], views: int, skipped: int = 0,
@@ -185,10 +192,13 @@ class CachedSplit:
         self.modalities = tuple(modalities)
         self.views = views
         keep = [i for i, u in enumerate(uids) if all((u, v) in cache for v in range(views))]
+        kept = set(keep)
         self.uids = [uids[i] for i in keep]
         self.positions = [int(positions[i]) if positions is not None else i for i in keep]
         self.labels = {t: torch.tensor([int(y[i]) for i in keep], dtype=torch.long) for t, y in (labels or {}).items()}
         self.skipped = skipped + len(uids) - len(keep)
+        self.skipped_uids = [u for i, u in enumerate(uids) if i not in kept]
+        self.problems: list[Problem] = []
         self.present = torch.zeros(len(self.uids), len(self.modalities), dtype=torch.bool)
         for i, u in enumerate(self.uids):
             names = cache.names(u, 0)
@@ -414,12 +424,29 @@ def _chunks(positions: Sequence[int], chunk: int) -> dict[int, list[int]]:
     return out
 
 
+READ_PROBLEMS = "read_problems"  # clip cache metadata key prefix: what reading found wrong, per writer
+
+
+def read_problems(cache: FeatureCache) -> list[Problem]:
+    """The read-time problems every writer of a clip cache recorded (:func:`decode_clips`), in
+    writer order. Kept in the cache's metadata, so a resumed run or another shard's job still
+    knows which files were skipped and why, although it decodes nothing again."""
+    out: list[Problem] = []
+    for key in sorted(k for k in cache.meta if k.startswith(READ_PROBLEMS)):
+        for p in cache.meta[key]:
+            out.append(Problem(str(p.get("path", "")), str(p.get("message", "")), str(p.get("kind", "unreadable"))))
+    return out
+
+
 def decode_clips(data: DataConfig, split: str, train: bool, views: int, index: DatasetIndex, cache_root: str,
-                 shard: Shard, progress: bool = True, chunk: int = CHUNK) -> int:
+                 shard: Shard, progress: bool = True, chunk: int = CHUNK,
+                 problems: list[Problem] | None = None) -> int:
     """Decode this shard's missing chunks of ``views`` views of ``split`` into the clip cache.
 
     Returns how many (sample, view) entries this call decoded. Samples whose every modality
-    failed to read (``data.on_error: skip``) are left out and stay missing."""
+    failed to read (``data.on_error: skip``) are left out and stay missing. What reading found
+    wrong (the file and why, also for a modality left out of a sample that was kept) is appended
+    to ``problems`` and recorded in the cache's metadata (:func:`read_problems`)."""
     key = clip_cache_key(data, split, train)
     ds = build_dataset(data, split, train, index=index)
     place = {s.uid: p for p, s in enumerate(index.segments)}
@@ -428,6 +455,7 @@ def decode_clips(data: DataConfig, split: str, train: bool, views: int, index: D
     # Training view k is the dataset's draw in epoch k; a test sample's views are the dataset's own
     # multi-view sampling (data.sampling.test_views) of epoch 0, decoded together.
     passes = [(v, v, [0]) for v in range(views)] if train else [(0, 0, list(range(views)))]
+    found: list[Problem] = []
     with FeatureCache(cache_root, f"clips-{split}", key, writer=shard.writer) as cache:
         for epoch, first, kept in passes:
             ds.set_epoch(epoch)
@@ -441,6 +469,7 @@ def decode_clips(data: DataConfig, split: str, train: bool, views: int, index: D
             desc = f"decoding {split} view {epoch + 1}/{views}" if train else f"decoding {split} ({views} views)"
             bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not (progress and is_main()))
             for batch in bar:
+                found.extend(batch["problems"])
                 for i, uid in enumerate(batch["uid"]):
                     for k, v in enumerate(kept):
                         tensors = {m: batch[m][i, v] for j, m in enumerate(batch["modalities"])
@@ -448,6 +477,13 @@ def decode_clips(data: DataConfig, split: str, train: bool, views: int, index: D
                         if (uid, first + k) not in cache:
                             cache.add(uid, first + k, tensors)
             cache.flush()
+        found = list(dict.fromkeys(found))  # a test sample's views are read together: one problem per file
+        if found:
+            name = f"{READ_PROBLEMS}.{shard.writer}"
+            known = [Problem(**p) for p in cache.meta.get(name, [])]
+            cache.set_meta(**{name: [p.to_dict() for p in dict.fromkeys([*known, *found])]})
+    if problems is not None:
+        problems.extend(found)
     return done
 
 
@@ -510,6 +546,7 @@ def load_clips(data: DataConfig, split: str, train: bool, views: int, cache_root
         barrier()
         cache = FeatureCache(cache_root, f"clips-{split}", clip_cache_key(data, split, train))
         out = open_split(cache, index, data.modalities, views, in_memory_mb)
+        out.problems = read_problems(cache)  # every shard's, this run's and earlier runs'
         where = cache.dir
     if not len(out):
         raise DataError(where, f"no sample of split {split!r} could be decoded "

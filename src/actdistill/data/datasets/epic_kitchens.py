@@ -264,6 +264,7 @@ def load_epic_kitchens(
     if split in ("train_star", "val_star"):
         mask = star_split(len(rows), star_seed, star_val_fraction)
         rows = [r for r, v in zip(rows, mask) if v == (split == "val_star")]
+    rows_read = len(rows) + len(problems)  # the rows with a wrong field count are the only problems so far
 
     actions = action_vocabulary(ann, verbs, nouns)
     action_index = {pair: i for i, pair in enumerate(actions)}
@@ -309,7 +310,7 @@ def load_epic_kitchens(
         seg.meta["unseen_participant"] = v["participant_id"] in unseen
         segments.append(seg)
     classes = {"verb": verbs, "noun": nouns, "action": [f"{verbs[a]} {nouns[b]}" for a, b in actions]}
-    return DatasetIndex("epic_kitchens_100", split, segments, classes, problems)
+    return DatasetIndex("epic_kitchens_100", split, segments, classes, problems, rows_read=rows_read)
 
 
 def _declared_sources(root: Path, participant: str, video_id: str, modalities: tuple[str, ...],

@@ -186,6 +186,7 @@ def load_fewshot_split(
         raise DataError(root_p, "dataset root not found")
     problems: list[Problem] = []
     entries = read_split_file(path, problems)
+    rows_read = len(entries) + len(problems)  # the unparseable lines are the only problems so far
     if not entries:
         raise DataError(path, "split file lists no videos")
 
@@ -267,6 +268,7 @@ def load_fewshot_split(
         segments=segments,
         classes={"class": classes},
         problems=problems,
+        rows_read=rows_read,
     )
 
 

@@ -179,7 +179,7 @@ def load_ssv2(
         for seg in declared:
             seg.meta["num_frames_assumed"] = True
         return DatasetIndex(name="ssv2", split=split, segments=declared, classes={"class": classes},
-                            problems=problems)
+                            problems=problems, rows_read=len(rows))
     ids = [r["id"] for r in parsed]
     if frames_layout == "auto":
         layout, ext = _detect_layout(root_p, ids)
@@ -226,7 +226,8 @@ def load_ssv2(
             elif box is not None:
                 sources["boxes"] = box
         segments.append(_segment(row, sources, media.num_frames, rate))
-    return DatasetIndex(name="ssv2", split=split, segments=segments, classes={"class": classes}, problems=problems)
+    return DatasetIndex(name="ssv2", split=split, segments=segments, classes={"class": classes}, problems=problems,
+                        rows_read=len(rows))
 
 
 def _segment(row: dict[str, Any], sources: dict[str, Source], num_frames: int, fps: float) -> Segment:

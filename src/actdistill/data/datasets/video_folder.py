@@ -505,6 +505,7 @@ def load_video_folder(
         items = read_video_list(split_file, problems)
     else:
         items = _scan_class_folders(root_p)
+    rows_read = len(items) + len(problems)  # the unparseable list lines are the only problems so far
 
     if classes is not None:
         class_list = list(classes)
@@ -573,7 +574,8 @@ def load_video_folder(
                 meta={"class_folder": cls, "class_name": readable_class_name(cls)},
             )
         )
-    return DatasetIndex(name=name, split=split, segments=segments, classes={"class": class_list}, problems=problems)
+    return DatasetIndex(name=name, split=split, segments=segments, classes={"class": class_list}, problems=problems,
+                        rows_read=rows_read)
 
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
