@@ -1739,3 +1739,133 @@ def test_collate_counts_skips_and_masks_exactly(batch_in: list[dict[str, Any] | 
             elif m in batch:
                 assert not batch[m][i].any()
     assert bool(batch["present"].any(1).all()) or not kept
+
+
+# =============================================================================================
+# run directory lock: one writer per run directory
+
+
+_HOLD_LOCK = """
+import os, sys, time
+from actdistill.rundir import open_run_dir
+open_run_dir("unused", "unused", resume=sys.argv[1])
+child = 0
+if sys.argv[2] == "orphan":  # a forked child (like a DataLoader worker) keeps the descriptor, the holder dies
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+print("locked", child, flush=True)
+if sys.argv[2] == "orphan":
+    os._exit(0)
+time.sleep(60)
+"""
+
+
+def _hold_lock(run: Path, mode: str) -> tuple[subprocess.Popen[str], int]:
+    """A process holding ``run``'s lock, and the pid of the child it forked (``mode="orphan"``)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(run), mode], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    word, child = proc.stdout.readline().split()
+    assert word == "locked"
+    return proc, int(child)
+
+
+def test_a_second_writer_of_a_run_dir_gets_one_line_naming_the_holder(synth: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A job resubmitted while the first still writes the run directory (``run.resume`` of the same
+    folder) stops before touching it: a ``DataError`` naming the run directory and the holder's host
+    and pid, one CLI line, status 2. Once the holder is killed (SIGKILL), its lock is taken over."""
+    import socket
+
+    from actdistill.cli import main
+    from actdistill.rundir import LOCK_NAME, open_run_dir, release_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder, _ = _hold_lock(run, "hold")
+    try:
+        who = f"host {socket.gethostname()} pid {holder.pid}"
+        with pytest.raises(DataError) as err:
+            open_run_dir(tmp_path, "x", resume=run)
+        assert err.value.path == str(run) and who in err.value.problem
+        code = main(["unimodal", "fit", "data.dataset=epic_kitchens_100", f"data.root={synth}",
+                     "data.modalities=[rgb]", f"run.resume={run}", "run.progress=false"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(f"actdistill: error: {run}: ") and who in lines[0]
+        assert not (run / "config.yaml").exists()  # refused before writing anything
+    finally:
+        holder.kill()
+        holder.wait()
+    assert open_run_dir(tmp_path, "x", resume=run) == run  # the dead holder's lock is free: taken over
+    assert (run / LOCK_NAME).read_text().split()[:4] == ["host", socket.gethostname(), "pid", str(os.getpid())]
+    release_run_dir(run)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="needs Linux PID namespaces in /proc")
+def test_a_lock_kept_only_by_an_orphaned_child_of_a_dead_holder_is_taken_over(tmp_path: Path) -> None:
+    """The holder died but a child it forked still has the lock file open (a DataLoader worker that
+    outlives its killed parent for a moment), so the ``flock`` is still taken: the pid written in
+    the file is dead on this host, so the lock file is replaced and the new job runs."""
+    import socket
+
+    from actdistill.rundir import LOCK_NAME, lock_run_dir, release_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder, orphan = _hold_lock(run, "orphan")
+    holder.wait()  # reaped: its pid is gone
+    old_inode = (run / LOCK_NAME).stat().st_ino
+    lock = lock_run_dir(run)
+    try:
+        assert lock.previous == "" and (run / LOCK_NAME).stat().st_ino != old_inode
+        assert (run / LOCK_NAME).read_text().split()[:4] == ["host", socket.gethostname(), "pid", str(os.getpid())]
+    finally:
+        release_run_dir(run)
+        os.kill(orphan, signal.SIGKILL)
+
+
+def test_two_locks_on_one_run_dir_conflict_even_in_one_process(tmp_path: Path) -> None:
+    """``flock`` belongs to an open file description, so two opens conflict in one process too; the
+    run-directory registry shares one lock per process instead (a pipeline and its trainer), and
+    the last release frees it for the next owner."""
+    from actdistill.rundir import LOCK_NAME, LockHeld, ProcessLock, lock_run_dir, release_run_dir
+
+    first = ProcessLock(tmp_path / LOCK_NAME)
+    with pytest.raises(LockHeld, match=f"pid {os.getpid()}"):
+        ProcessLock(tmp_path / LOCK_NAME)
+    first.release()
+    assert lock_run_dir(tmp_path) is lock_run_dir(tmp_path)
+    release_run_dir(tmp_path)
+    with pytest.raises(LockHeld):
+        ProcessLock(tmp_path / LOCK_NAME)
+    release_run_dir(tmp_path)
+    ProcessLock(tmp_path / LOCK_NAME).release()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="needs Linux PID namespaces in /proc")
+def test_a_dead_pid_counts_only_on_this_host_and_pid_namespace(tmp_path: Path) -> None:
+    """A held lock whose text names a dead pid is taken over only when host and PID namespace are
+    ours: a pid from another container sharing the host name (Docker with host networking) or
+    from a lock file without a namespace cannot be checked here, so its holder counts as live."""
+    import socket
+
+    from actdistill.rundir import LOCK_NAME, LockHeld, ProcessLock
+
+    path = tmp_path / LOCK_NAME
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    ns = str(os.stat("/proc/self/ns/pid").st_ino)
+    held = ProcessLock(path)  # the flock stays taken throughout, as by an orphaned child
+    for text, taken_over in ((f"host {socket.gethostname()} pid {dead} pidns {int(ns) + 1}", False),
+                             (f"host {socket.gethostname()} pid {dead}", False),
+                             (f"host elsewhere pid {dead} pidns {ns}", False),
+                             (f"host {socket.gethostname()} pid {dead} pidns {ns}", True)):
+        path.write_text(text + "\n")
+        if taken_over:
+            ProcessLock(path).release()
+        else:
+            with pytest.raises(LockHeld, match=re.escape(text)):
+                ProcessLock(path)
+    held.release()

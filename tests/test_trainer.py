@@ -309,3 +309,27 @@ def test_ddp_under_an_existing_process_group_keeps_ranks_in_sync(tmp_path: Path)
     for name in weights:
         assert (tmp_path / name / "logs" / "ddp" / "metrics.csv").is_file()
         assert latest_checkpoint(tmp_path / name, "checkpoints/ddp") is not None
+
+
+def test_fit_holds_the_run_dir_lock_on_rank_0_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 writes checkpoints, so it holds the run directory's lock while it trains: a second
+    writer (here another lock on the same file) makes ``fit`` stop with a ``DataError`` naming the
+    run directory and the holder before any step. Other ranks write nothing and never take it, so
+    a held lock does not stop them; after ``fit`` the lock is free again."""
+    from actdistill.data.records import DataError
+    from actdistill.rundir import LOCK_NAME, ProcessLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    other = ProcessLock(run / LOCK_NAME)
+    with pytest.raises(DataError, match=f"pid {os.getpid()}") as err:
+        _run(run, _batches_plain)
+    assert err.value.path == str(run) and not (run / "checkpoints").exists()
+    monkeypatch.setattr(trainer, "is_main", lambda: False)
+    _, out = _run(run, _batches_plain)
+    assert out["global_step"] == 15 and not (run / "checkpoints").exists()
+    monkeypatch.undo()
+    other.release()
+    _run(run, _batches_plain)
+    assert latest_checkpoint(run, "checkpoints/toy") is not None
+    ProcessLock(run / LOCK_NAME).release()  # released when fit returned

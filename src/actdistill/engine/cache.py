@@ -47,7 +47,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import tempfile
 import threading
 import weakref
@@ -61,7 +60,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from actdistill.data.records import DataError
-from actdistill.rundir import atomic_write_text
+from actdistill.rundir import LockHeld, ProcessLock, atomic_write_text
 
 CACHE_FORMAT = 2
 """On-disk layout version; part of the folder hash so a reader never opens another format's folder."""
@@ -112,28 +111,19 @@ class _LogCursor:
 class _WriterLock:
     """The exclusive right of this process to append to one writer's log, shared by its instances.
 
-    ``flock`` locks belong to an open file description, so the OS releases it when the last
-    instance drops this object (the finaliser closes the descriptor) or when the process dies.
+    A :class:`~actdistill.rundir.ProcessLock` (the same host/pid ``flock`` that guards run
+    directories): the OS releases it when the last instance drops this object or the process dies.
     """
 
     def __init__(self, lock_path: Path, log_path: Path, writer: str) -> None:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown process"
-            os.close(fd)
-            raise DataError(lock_path, f"another process writes this cache as writer {writer!r} ({holder}); "
+            self._lock = ProcessLock(lock_path)
+        except LockHeld as err:
+            raise DataError(lock_path, f"another process writes this cache as writer {writer!r} ({err.holder}); "
                                        "give each process its own writer name (e.g. rank0, rank1) or wait "
                                        "for it to finish") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
-        self.pid = os.getpid()
+        self.pid = self._lock.pid
         self.mutex = threading.Lock()
-        self._finalizer = weakref.finalize(self, os.close, fd)
         _repair_torn_tail(log_path)
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -49,7 +50,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -62,6 +63,7 @@ from tqdm import tqdm
 
 from actdistill.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from actdistill.engine.distributed import is_distributed, is_main, rank
+from actdistill.rundir import holding_run_dir
 
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 SCHEDULERS = ("cosine", "none")
@@ -411,6 +413,31 @@ class _Running:
 
 
 # -------------------------------------------------------------------------------------------- fit
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locks_run_dir(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` holding its ``run_dir``'s lock (:func:`actdistill.rundir.lock_run_dir`) on rank 0.
+
+    Why here as well as where the pipelines open the run directory: a library caller of
+    :func:`fit` writes checkpoints too, and two processes stepping one checkpoint folder would
+    overwrite each other's steps. Only rank 0 writes, so only rank 0 locks (other ranks never
+    touch the file); a process that holds the lock already (a pipeline) shares it.
+    """
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if not is_main():
+            return fn(*args, **kwargs)
+        with holding_run_dir(sig.bind(*args, **kwargs).arguments["run_dir"]):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_locks_run_dir
 def fit(
     model: torch.nn.Module,
     step: StepFn,
@@ -466,7 +493,8 @@ def fit(
     stage name carries something that must not change the draws (e.g. a cache key's hash).
 
     A non-finite loss raises FloatingPointError naming the stage and epoch. Only rank 0 writes
-    checkpoints and logs.
+    checkpoints and logs, holding ``run_dir``'s lock meanwhile (:func:`actdistill.rundir.lock_run_dir`):
+    a run directory another live process writes is a DataError naming it and that process.
     """
     if accumulate < 1:
         raise ValueError(f"accumulate must be >= 1, got {accumulate}")
