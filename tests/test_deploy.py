@@ -91,6 +91,43 @@ def test_predict_a_subset_and_a_frame_folder(run: tuple[Path, Path]) -> None:
         rec.predict(video, ["imu"])
 
 
+def test_predict_a_sample_folder_with_one_entry_per_modality(run: tuple[Path, Path], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """rgb.mp4 and depth/ named after their modalities; flow and audio still come from the video."""
+    run_dir, root = run
+    video = _video(root)
+    sample = tmp_path / "sample"
+    sample.mkdir()
+    (sample / "rgb.mp4").symlink_to(video)
+    (sample / "depth").symlink_to(video.parents[1] / "depth_frames" / video.stem)
+    assert main(["predict", str(run_dir), str(sample), "--json", "--top-k", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["modalities"] == ["rgb", "flow", "audio", "depth"] and not out["missing"]
+    assert all(len(v) == 2 for v in out["top_k"].values())
+
+
+def test_export_out_that_is_a_file_or_read_only(run: tuple[Path, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    run_dir, _ = run
+    target = tmp_path / "deploy"
+    target.write_text("a file")
+    assert main(["export", "onnx", str(run_dir), "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"actdistill: error: {target}: output folder (--out) is an existing file, not a folder"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user whom chmod does not stop from writing (root)")
+        assert main(["export", "onnx", str(run_dir), "--out", str(ro)]) == 2
+        assert f"{ro}: output folder (--out) is not writable" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o755)
+
+
 def test_recognizer_errors(run: tuple[Path, Path], tmp_path: Path) -> None:
     run_dir, _ = run
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -227,6 +264,25 @@ def test_fewshot_predict_against_a_support_folder(fewshot_run: tuple[Path, Path]
     assert "--support" in capsys.readouterr().err
     with pytest.raises(ValueError, match="trx"):
         FewShotRecognizer.from_run(run_dir, "trx")
+
+
+def test_fewshot_support_with_an_empty_class_folder_is_refused(fewshot_run: tuple[Path, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty class folder would silently make the 3-way question a 2-way one."""
+    import shutil
+
+    from actdistill.data.records import DataError
+    from actdistill.deploy import FewShotRecognizer
+
+    run_dir, support = fewshot_run
+    mine = tmp_path / "support"
+    shutil.copytree(support, mine)
+    (mine / "Spinning_something").mkdir()
+    with pytest.raises(DataError, match="Spinning_something: support class folder has no videos"):
+        FewShotRecognizer.from_run(run_dir, "otam").support_index(mine)
+    video = next((mine / "Pushing_something").glob("*.mp4"))
+    assert main(["predict", str(run_dir), str(video), "--support", str(mine), "--method", "otam"]) == 2
+    assert str(mine / "Spinning_something") in capsys.readouterr().err
 
 
 def test_bench_deploy_and_teacher_cache_smoke(run: tuple[Path, Path], tmp_path: Path) -> None:

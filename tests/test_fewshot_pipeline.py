@@ -309,10 +309,22 @@ def test_run_directory_and_cli(tiny_root: Path, tmp_path: Path, capsys: pytest.C
     assert (run / "accuracy.png").stat().st_size > 1000 and (run / "report.md").is_file()
     assert all((run / "models" / f"{m}.safetensors").is_file() for m in summary)
 
-    # Evaluate the trained run again, with more episodes: same weights, new summary.
+    # Evaluate the trained run again, with more episodes: same weights, results in a new eval-<time>/
+    # folder; the training run's own summary and report stay as they were.
+    trained = (run / "summary.json").read_text(), (run / "report.md").read_text()
     assert main(["fewshot", "eval", str(run), "--episodes", "20", "heads.methods=[otam]"]) == 0
-    again = json.loads((run / "summary.json").read_text())
+    (evald,) = run.glob("eval-*")
+    assert f"evaluation directory: {evald}" in capsys.readouterr().out
+    again = json.loads((evald / "summary.json").read_text())
     assert again["otam"]["3way1shot"]["episodes"] == 20 and list(again) == ["otam"]
+    assert again["otam"]["3way1shot"]["acc"] == again["otam"]["3way1shot"]["acc"]  # not NaN
+    assert (evald / "report.md").is_file() and "heads" in (evald / "config.yaml").read_text()
+    assert ((run / "summary.json").read_text(), (run / "report.md").read_text()) == trained
+    assert main(["fewshot", "eval", str(run), "--episodes", "20", "heads.methods=[otam]"]) == 0
+    assert len(list(run.glob("eval-*"))) == 2  # a second evaluation never replaces the first
+    # --overwrite rewrites the run's own results
+    assert main(["fewshot", "eval", str(run), "--episodes", "14", "heads.methods=[otam]", "--overwrite"]) == 0
+    assert json.loads((run / "summary.json").read_text())["otam"]["3way1shot"]["episodes"] == 14
     assert main(["fewshot", "eval", str(tmp_path / "nowhere")]) == 2
     assert "not a run directory" in capsys.readouterr().err
 

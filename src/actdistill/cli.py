@@ -203,7 +203,7 @@ def _karmma_setup(args: argparse.Namespace, name: str):
     from actdistill.engine.karmma import KarmmaConfig, prepare_run
 
     experiment, overrides = _split_experiment(args.experiment, args.overrides)
-    cfg = build_config(KarmmaConfig, experiment, [f"run.name={name}", *overrides])
+    cfg = build_config(KarmmaConfig, experiment, overrides, defaults=[f"run.name={name}"])
     run_dir = prepare_run(cfg)
     return cfg, run_dir
 
@@ -261,8 +261,10 @@ def cmd_unimodal_fit(args: argparse.Namespace) -> int:
     cfg, run_dir = _karmma_setup(args, "unimodal")
     pipe = KarmmaPipeline(cfg, run_dir)
     pipe.load_data()
-    for m in cfg.teacher.fit_unimodal:
-        if m in pipe.modalities:
+    from actdistill.data.modalities.base import selects
+
+    for m in pipe.modalities:  # a kind in fit_unimodal (imu) covers its named modalities (imu:acc)
+        if selects(cfg.teacher.fit_unimodal, m):
             print(f"{m}: {pipe.fit_unimodal(m)}")
     for m, path in pipe.unimodal_init().items():  # student.init_unimodal (often the same fits)
         print(f"student {m}: {path}")
@@ -275,6 +277,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.experiment, args.overrides)
 
 
+def path_error(err: OSError) -> str | None:
+    """``<path>: <problem>`` for an OS error about a path the user chose (a directory that is a file,
+    a read-only or full disk), or None for any other OS error, which stays a traceback.
+
+    Why at this level: every job writes run, cache and output directories through many helpers; one
+    translation here gives each of them the same one-line error naming the path."""
+    import errno
+
+    user_fixable = {errno.EACCES: "permission denied (not writable by you)", errno.EPERM: "operation not permitted",
+                    errno.EEXIST: "exists and is not a directory", errno.ENOTDIR: "a part of this path is a file, "
+                    "not a directory", errno.EISDIR: "is a directory, expected a file",
+                    errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
+                    errno.EDQUOT: "disk quota exceeded"}
+    if err.errno not in user_fixable or not err.filename:
+        return None
+    path = str(err.filename)
+    name = os.path.basename(path)
+    if name.startswith(".") and name.endswith(".tmp"):  # an atomic write's temporary file: name its folder
+        path = os.path.dirname(path) or "."
+    problem = user_fixable[err.errno]
+    if err.errno == errno.EEXIST and os.path.isdir(path):
+        problem = "already exists"
+    return f"{path}: {problem}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -284,15 +311,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int] = args.func
+    from actdistill.allocator import tune_allocator
     from actdistill.config import ConfigError
     from actdistill.data.records import DataError
 
+    tune_allocator()
     try:
         return func(args)
     except (ConfigError, DataError, FileNotFoundError, KeyError, ValueError) as err:
         if os.environ.get("ACTDISTILL_DEBUG"):
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"actdistill: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an output, run or cache directory the user can fix; other OS errors stay tracebacks
+        msg = path_error(err)
+        if msg is None or os.environ.get("ACTDISTILL_DEBUG"):
+            raise
         print(f"actdistill: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actdistill.cli_deploy import positive_int
+
 DEMO_CONFIG = "configs/fewshot/synthetic.yaml"
 
 #: The demo's settings, used when ``configs/fewshot/synthetic.yaml`` is not on disk (installed package);
@@ -64,11 +66,17 @@ def add_fewshot_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.episodes=320")
     s.set_defaults(func=cmd_fewshot_train)
 
-    s = fsub.add_parser("eval", help="evaluate a trained run directory again",
+    s = fsub.add_parser("eval", help="evaluate a trained run directory again (results in RUN_DIR/eval-<time>/)",
                         description="Rebuild the methods of RUN_DIR from its config.yaml and weights, evaluate them "
-                        "over seeded test episodes from the feature cache and rewrite summary.json and the report.")
+                        "over seeded test episodes from the feature cache and write summary.json, per_class.json, "
+                        "report.md, accuracy.png and the config used into a new RUN_DIR/eval-<YYYYmmdd-HHMMSS>/ "
+                        "folder; the training run's own summary and report are left as they are unless "
+                        "--overwrite is given.")
     s.add_argument("run_dir", help="run directory written by 'fewshot train' or 'fewshot demo'")
-    s.add_argument("--episodes", type=int, help="test episodes per setting (default: the run's eval.episodes)")
+    s.add_argument("--episodes", type=positive_int,
+                   help="test episodes per setting, at least 1 (default: the run's eval.episodes)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace RUN_DIR's own summary.json and report.md instead of writing RUN_DIR/eval-<time>/")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.settings=[5way1shot]")
     s.set_defaults(func=cmd_fewshot_eval)
 
@@ -93,11 +101,12 @@ def _setup(experiment: str | None, overrides: list[str], name: str, text: str | 
     if experiment is not None and "=" in experiment and not os.path.exists(experiment):
         experiment, overrides = None, [experiment, *overrides]
     source = yaml.safe_load(text) if text is not None else experiment  # the demo's built-in YAML when no file
-    cfg = build_config(FewShotConfig, source, [f"run.name={name}", *overrides])
+    cfg = build_config(FewShotConfig, source, overrides, defaults=[f"run.name={name}"])
 
     def setup() -> Path:  # once, on rank 0 under torchrun
-        ensure_data(cfg)
+        # the run directory first: an unusable run.out_dir is reported before minutes of data generation
         run_dir = open_run_dir(cfg.run.out_dir, cfg.run.name, cfg.run.resume)
+        ensure_data(cfg)
         save_config(run_dir, cfg)
         print(f"run directory: {run_dir}", flush=True)
         return run_dir
@@ -136,15 +145,30 @@ def cmd_fewshot_train(args: argparse.Namespace) -> int:
 
 
 def cmd_fewshot_eval(args: argparse.Namespace) -> int:
+    from actdistill.engine.distributed import from_main
     from actdistill.engine.fewshot import load_run_config, run_fewshot
+    from actdistill.rundir import create_run_dir, open_run_dir, save_config
 
     t0 = time.perf_counter()
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").exists():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
     cfg = load_run_config(run_dir, list(args.overrides))
-    run_fewshot(cfg, run_dir, train=False, episodes=args.episodes)
-    return _finish(run_dir, t0)
+    episodes = cfg.eval.episodes if args.episodes is None else args.episodes
+    if episodes < 1:  # eval.episodes=0 given as an override
+        raise ValueError(f"eval.episodes must be at least 1, got {episodes}")
+
+    def setup() -> Path:  # once, on rank 0 under torchrun
+        if args.overwrite:
+            return open_run_dir(run_dir.parent, run_dir.name, resume=run_dir)
+        out = create_run_dir(run_dir, "eval")
+        save_config(out, cfg)  # what was evaluated: the run's config with this command's overrides
+        print(f"evaluation directory: {out}", flush=True)
+        return out
+
+    out_dir = from_main(setup, cfg.run.dist_timeout_min)
+    run_fewshot(cfg, run_dir, train=False, episodes=episodes, out_dir=out_dir)
+    return _finish(out_dir, t0)
 
 
 def cmd_fewshot_plan(args: argparse.Namespace) -> int:

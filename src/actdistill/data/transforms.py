@@ -4,7 +4,11 @@ Parameters (scale, crop position, flip) are drawn once per sample and applied to
 depth and box coordinates alike, so the modalities stay aligned ("consistent teaching"). Crop
 positions are relative (fractions of the free margin), so modalities stored at different
 resolutions still see the same part of the scene. A horizontal flip mirrors the image and
-negates flow's x (u) channels, because mirrored motion to the right is motion to the left.
+negates flow's x (u) channels, because mirrored motion to the right is motion to the left. A
+resize scales flow's u and v channels by the width and height ratios: flow is a displacement in
+pixels, so it must stay in pixels of the image the model sees, whatever resolution the flow was
+stored or computed at (``actdistill predict`` computes TV-L1 at the model's scale, training reads
+it at the dataset's).
 """
 
 from __future__ import annotations
@@ -80,6 +84,9 @@ class SpatialTransform:
             mode = "nearest" if modality == "depth" else "bilinear"
             kwargs = {"align_corners": False, "antialias": True} if mode == "bilinear" else {}
             x = F.interpolate(x, size=(nh, nw), mode=mode, **kwargs)
+            if modality == "flow":  # flow is in pixels: a 2x downscale halves the motion
+                x[:, 0::2] *= nw / w
+                x[:, 1::2] *= nh / h
         x = x[:, :, top : top + ch, left : left + cw]
         if p.flip:
             x = x.flip(-1)

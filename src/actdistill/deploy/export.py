@@ -16,6 +16,7 @@ written next to the graph.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actdistill.data.records import DataError
 from actdistill.deploy.recognizer import Recognizer
 from actdistill.evaluation.protocols import modality_subsets, subset_name
 from actdistill.models.fusion import MultimodalRecognizer
@@ -62,38 +64,82 @@ def _preprocessing(cfg: Any) -> list[str]:
         f"- Spatial: resize the short side to {sp.short_side} px, centre-crop {sp.crop_size}x{sp.crop_size}; "
         f"values in [0, 1], normalisation `{sp.normalize}`.",
     ]
-    if "flow" in d.modalities:
-        opts = d.readers.get("flow", {})
-        lines.append(f"- Flow: u/v channels, (pixel - 128) / 128 * {opts.get('scale', 1.0)} for EPIC-style JPEGs, or "
-                     f"TV-L1 clipped to {opts.get('tvl1_bound', 20.0)} px and divided by it.")
-    if "audio" in d.modalities:
-        a = {"sample_rate": 24000, "window_sec": 1.116, "n_fft": 1024, "win_length": 160, "hop_length": 80,
-             "n_mels": 128, **d.readers.get("audio", {})}
-        lines.append(f"- Audio: log(mel power + 1e-6) (HTK mels, periodic Hann) of a {a['window_sec']} s window "
-                     "centred on each "
-                     f"sampled frame, {a['sample_rate']} Hz, n_fft {a['n_fft']}, window {a['win_length']}, "
-                     f"hop {a['hop_length']}, {a['n_mels']} mels.")
-    if "depth" in d.modalities:
-        opts = d.readers.get("depth", {})
-        md = opts.get("max_depth", 10.0)
-        lines.append(f"- Depth: 16-bit PNG values * {opts.get('scale', 0.001)} = metres, clipped to {md} m and "
-                     f"divided by {md}; 0 = no measurement.")
+    from actdistill.data.modalities.base import modality_kind, options_for
+
+    for m in d.modalities:
+        kind, opts = modality_kind(m), options_for(d.readers, m)
+        name = f"`{m}`" if m != kind else kind.capitalize()
+        if kind == "flow":
+            lines.append(f"- {name}: u/v channels, (pixel - 128) / 128 * {opts.get('scale', 1.0)} for EPIC-style "
+                         f"JPEGs, or TV-L1 clipped to {opts.get('tvl1_bound', 20.0)} px and divided by it.")
+        elif kind == "audio":
+            a = {"sample_rate": 24000, "window_sec": 1.116, "n_fft": 1024, "win_length": 160, "hop_length": 80,
+                 "n_mels": 128, **opts}
+            lines.append(f"- {name}: log(mel power + 1e-6) (HTK mels, periodic Hann) of a {a['window_sec']} s window "
+                         "centred on each "
+                         f"sampled frame, {a['sample_rate']} Hz, n_fft {a['n_fft']}, window {a['win_length']}, "
+                         f"hop {a['hop_length']}, {a['n_mels']} mels.")
+        elif kind == "depth":
+            md = opts.get("max_depth", 10.0)
+            lines.append(f"- {name}: 16-bit PNG values * {opts.get('scale', 0.001)} = metres, clipped to {md} m and "
+                         f"divided by {md}; 0 = no measurement.")
+        elif kind == "imu":
+            o = {"window_sec": 2.0, "samples": 64, **opts}
+            lines.append(f"- {name}: a {o['window_sec']} s window of the CSV's channels centred on each sampled "
+                         f"frame, linearly resampled to {o['samples']} points.")
     return lines
+
+
+def supported_opsets() -> tuple[int, int]:
+    """The ONNX opsets the installed torch's TorchScript exporter (the one used here) can write."""
+    try:
+        from torch.onnx import _constants as c
+
+        return int(c.ONNX_MIN_OPSET), int(getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", c.ONNX_MAX_OPSET))
+    except (ImportError, AttributeError):  # private module moved: the range every torch >= 2.1 exports
+        return 7, 17
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter cannot write before minutes of loading and tracing."""
+    lo, hi = supported_opsets()
+    if not lo <= opset <= hi:
+        raise ValueError(f"--opset {opset}: not supported by the ONNX exporter of torch {torch.__version__} "
+                         f"(it writes opsets {lo} to {hi}; the default, 17, works with ONNX Runtime >= 1.11)")
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` or refuse, naming it, when it is a file or not writable (before exporting)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(out_dir, "output folder (--out) is an existing file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataError(out_dir, "output folder (--out) cannot be created: a parent is a file") from None
+    except PermissionError:
+        raise DataError(out_dir, "output folder (--out) cannot be created: permission denied") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise DataError(out_dir, "output folder (--out) is not writable")
 
 
 def export_onnx(run_dir: str | Path, out: str | Path | None = None, row: str = "student", opset: int = 17,
                 batch: int = 3, seed: int = 0) -> dict[str, Any]:
     """Export ``row`` of ``run_dir`` to ONNX, validate it with ONNX Runtime on every modality subset,
-    write ``labels.json`` and ``MODEL_CARD.md`` beside it; returns the validation report."""
-    import onnxruntime as ort
+    write ``labels.json`` and ``MODEL_CARD.md`` beside it; returns the validation report.
 
+    The opset and the output folder are checked first, and a few-shot run is refused with what can
+    be done with it instead (:meth:`Recognizer.from_run`), so no error comes after the slow part."""
+    import onnxruntime as ort
+    from torch.onnx.errors import OnnxExporterError
+
+    check_opset(opset)
     rec = Recognizer.from_run(run_dir, row)
     model = rec.model
     if not isinstance(model, MultimodalRecognizer):
         raise ValueError(f"row {row!r} is a {type(model).__name__}; only fusion rows export to one graph")
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir / "onnx"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir)
     path = out_dir / f"{row}.onnx"
     mods = rec.modalities
     tasks = list(rec.heads)
@@ -114,9 +160,15 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, row: str = "
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # int(shape): constants by design
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(graph, (*[example[m] for m in mods], present), str(tmp), input_names=names,
-                          output_names=tasks, dynamic_axes={n: {0: "batch"} for n in names + tasks},
-                          opset_version=opset, dynamo=False)
+        try:
+            torch.onnx.export(graph, (*[example[m] for m in mods], present), str(tmp), input_names=names,
+                              output_names=tasks, dynamic_axes={n: {0: "batch"} for n in names + tasks},
+                              opset_version=opset, dynamo=False)
+        except OnnxExporterError as e:  # an operator without a translation at this opset
+            tmp.unlink(missing_ok=True)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"--opset {opset}: the model cannot be exported at this opset ({first}); "
+                             "try the default, 17") from None
     tmp.replace(path)
     export_s = time.perf_counter() - t0
 

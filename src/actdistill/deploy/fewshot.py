@@ -6,6 +6,8 @@ set of one episode with ``way`` = number of class folders and ``shot`` = videos 
 may differ per class for prototype methods). Class names are the folder names (underscores read
 as spaces), which is also what the text prompt of CLIP-M²DF / CLIP-FSAR is built from, so any new
 class works without retraining. Videos go through the run's readers, test-time sampling and crop.
+Every class folder must hold at least one video: an empty one is refused, naming the folder,
+rather than silently asking an (N-1)-way question.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 
 from actdistill.data.records import DataError, DatasetIndex
-from actdistill.deploy.recognizer import Prediction, top_k, video_segment
+from actdistill.deploy.recognizer import Prediction, check_top, top_k, video_segment
 
 
 def _class_name(folder: str) -> str:
@@ -82,6 +84,13 @@ class FewShotRecognizer:
         if index.problems:
             first = index.problems[0]
             raise DataError(first.path, f"support set: {first.message} ({len(index.problems)} problem(s))")
+        # A class folder without videos would silently turn an N-way question into an (N-1)-way one
+        # (or leave a class no method can score): refuse, naming the folder.
+        used = {int(s.labels["class"]) for s in index.segments}
+        for c, folder in enumerate(index.classes.get("class", [])):
+            if c not in used:
+                raise DataError(root / folder, "support class folder has no videos or frame folders; add at "
+                                               "least one or remove the folder")
         if len(index.classes.get("class", [])) < 2:
             raise DataError(root, "a support set needs at least two class folders with videos")
         return index
@@ -91,6 +100,7 @@ class FewShotRecognizer:
         """Rank the support classes for ``video`` (scores: softmax of the method's episode logits)."""
         from actdistill.engine.fewshot import _one, seed_episode, stack_stages
 
+        check_top(top)
         t0 = time.perf_counter()
         index = self.support_index(support)
         folders = index.classes["class"]

@@ -7,12 +7,15 @@ is what keeps deployed predictions consistent with the reported accuracy:
 
 * ``rgb`` from the video's frames (or a frame folder);
 * ``flow`` computed from those frames with TV-L1 (``Source.kind == "from_rgb"``), so a user
-  needs no pre-extracted flow; it costs about a second per clip on a laptop CPU;
+  needs no pre-extracted flow; the frames are first shrunk to the run's ``data.spatial.short_side``
+  (the model sees a crop at that scale; TV-L1 at 720p costs 25x more);
 * ``audio`` from the container's audio stream, when it has one;
 * ``depth`` only when a folder of 16-bit PNGs is given (no video carries depth).
 
-Whatever is asked for but unavailable is reported as missing and the model runs on the rest: the
-student is trained to cope with any subset.
+A model trained on other modalities (IMU, boxes, depth, named ones such as ``imu:acc``) takes a
+sample folder or a generic manifest row instead (:mod:`actdistill.deploy.inputs`). Whatever is
+asked for but unavailable is reported as missing and the model runs on the rest: the student is
+trained to cope with any subset.
 """
 
 from __future__ import annotations
@@ -28,9 +31,34 @@ import torch
 from torch import nn
 
 from actdistill.data.batch import collate
-from actdistill.data.records import DataError, DatasetIndex, Segment, Source
+from actdistill.data.records import DataError, DatasetIndex, Segment
 
 STUDENT_ROWS = ("student", "baseline", "baseline_delta", "mmt", "late_fusion")
+
+
+def run_kind(run_dir: str | Path) -> str:
+    """``"fewshot"`` or ``"karmma"``: which pipeline wrote ``run_dir`` (from its ``config.yaml``).
+
+    Why: the two share the run-directory layout but not their config schema, and building a KARMMA
+    config from a few-shot run fails on its first unknown key (``cache_root``), which says nothing
+    about what went wrong."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise DataError(path, f"cannot read the run's config: {e}") from None
+    keys = set(cfg) if isinstance(cfg, dict) else set()
+    return "fewshot" if {"heads", "backbone"} <= keys or "cache_root" in keys else "karmma"
+
+
+def check_top(top: int) -> None:
+    """``top`` must be a positive class count."""
+    if not isinstance(top, int) or top < 1:
+        raise ValueError(f"--top-k must be a positive number of classes, got {top}")
 
 
 def read_model_info(run_dir: Path) -> dict[str, Any]:
@@ -138,6 +166,11 @@ class Recognizer:
             raise FileNotFoundError(f"{run_dir}: run directory does not exist")
         if row not in (*STUDENT_ROWS, "teacher"):
             raise ValueError(f"unknown row {row!r}; choose one of {(*STUDENT_ROWS, 'teacher')}")
+        if run_kind(run_dir) == "fewshot":
+            raise ValueError(f"{run_dir}: a few-shot run (its methods classify against a support set, "
+                             "use `actdistill predict RUN VIDEO --support DIR`); only the rows of a KARMMA run "
+                             f"({', '.join(r for r in (*STUDENT_ROWS, 'teacher') if r != 'late_fusion')}) "
+                             "load here and export to ONNX")
         cfg = build_config(KarmmaConfig, run_dir / "config.yaml")
         info = read_model_info(run_dir)
         weights = run_dir / f"{row}.safetensors"
@@ -145,60 +178,39 @@ class Recognizer:
             trained = sorted(p.stem for p in run_dir.glob("*.safetensors"))
             raise FileNotFoundError(f"{weights}: not found; this run has weights for {trained or 'no row'}")
         mods, heads = tuple(info["modalities"]), dict(info["heads"])
+        shapes = info["input_shapes"]  # the encoders' in_channels when the config leaves them to the data
         if row == "teacher":  # frozen extractors + fusion, all in teacher.safetensors
-            model = build_teacher(cfg, mods, heads, int(next(iter(info["input_shapes"].values()))[0]))
+            model = build_teacher(cfg, mods, heads, int(next(iter(shapes.values()))[0]), shapes)
         else:
-            model = build_row(cfg, mods, heads, row)
+            model = build_row(cfg, mods, heads, row, shapes)
         load_weights(model, weights)
         return cls(model, cfg, info, row, run_dir, device)
 
     # ------------------------------------------------------------------ input
     def segment(self, video: str | Path, modalities: Sequence[str] | None = None,
-                depth: str | Path | None = None, fps: float = 30.0) -> tuple[Segment, dict[str, str]]:
+                depth: str | Path | None = None, fps: float = 30.0,
+                uid: str | None = None) -> tuple[Segment, dict[str, str]]:
         """The one-segment record of ``video`` and the asked-for modalities it cannot provide.
 
-        ``fps`` is used for frame folders only (a container states its own rate)."""
-        from actdistill.data.datasets.video_folder import inspect_frame_folder
+        ``video`` is a video file or frame folder, a sample folder (one entry per modality, named
+        after it) or a generic manifest (file or its folder; ``uid`` picks the row), see
+        :mod:`actdistill.deploy.inputs`. ``fps`` numbers frame folders and IMU-only samples."""
+        from actdistill.deploy.inputs import resolve
 
         want = list(self.modalities if modalities is None else modalities)
         unknown = [m for m in want if m not in self.modalities]
         if unknown:
             raise ValueError(f"this model takes {self.modalities}; cannot use {unknown}")
-        seg, media = video_segment(video, fps=fps)
-        rate, rgb = seg.fps, seg.sources["rgb"]
-        sources: dict[str, Source] = {}
-        missing: dict[str, str] = {}
-        for m in want:
-            if m == "rgb":
-                sources[m] = rgb
-            elif m == "flow":
-                if media.num_frames < 2:
-                    missing[m] = "flow needs at least two frames"
-                else:
-                    sources[m] = Source("from_rgb", str(video), num_frames=media.num_frames - 1, fps=rate,
-                                        options={"rgb_source": rgb})
-            elif m == "audio":
-                if media.has_audio:
-                    sources[m] = Source("video", str(video), fps=rate)
-                else:
-                    missing[m] = "the video has no audio stream"
-            elif m == "depth":
-                if depth is None:
-                    missing[m] = "no depth folder given (--depth DIR of 16-bit PNGs)"
-                else:
-                    sources[m] = inspect_frame_folder(depth).to_source("png16", fps=rate)
-            else:
-                missing[m] = f"cannot derive {m} from a video"
-        if not sources:
-            raise DataError(video, f"none of the modalities {want} is available ({missing})")
-        return dataclasses.replace(seg, sources=sources), missing
+        return resolve(video, self.modalities, want, uid=uid, depth=depth, fps=fps,
+                       short_side=int(self.cfg.data.spatial.short_side))
 
     def preprocess(self, video: str | Path, modalities: Sequence[str] | None = None,
-                   depth: str | Path | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, str]]:
+                   depth: str | Path | None = None,
+                   uid: str | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, str]]:
         """Model inputs ``{m: [1, V, T, ...]}``, presence ``[1, M]`` and the missing modalities."""
         from actdistill.data.builder import build_dataset
 
-        seg, missing = self.segment(video, modalities, depth)
+        seg, missing = self.segment(video, modalities, depth, uid=uid)
         index = DatasetIndex("video", "predict", [seg])
         # the run's own readers, test-time sampling and crop; an unreadable modality becomes missing
         ds = build_dataset(dataclasses.replace(self.cfg.data, on_error="skip"), "predict", False, index=index)
@@ -224,10 +236,12 @@ class Recognizer:
         return {t: torch.stack([o[t] for o in outs]).mean(0).cpu() for t in outs[0]}
 
     def predict(self, video: str | Path, modalities: Sequence[str] | None = None, top: int = 5,
-                depth: str | Path | None = None) -> Prediction:
-        """Top-``top`` verb/noun/action (or the run's tasks) for one video file or frame folder."""
+                depth: str | Path | None = None, uid: str | None = None) -> Prediction:
+        """Top-``top`` verb/noun/action (or the run's tasks) for one sample: a video file or frame
+        folder, a sample folder or a manifest row (``uid``), see :meth:`segment`."""
+        check_top(top)
         t0 = time.perf_counter()
-        inputs, present, missing = self.preprocess(video, modalities, depth)
+        inputs, present, missing = self.preprocess(video, modalities, depth, uid)
         t1 = time.perf_counter()
         logits = self.logits(inputs, present)
         t2 = time.perf_counter()
@@ -237,5 +251,5 @@ class Recognizer:
             out["action"] = action_top_k(probs["verb"], probs["noun"], self.classes["verb"],
                                          self.classes["noun"], top)
         used = [m for j, m in enumerate(self.modalities) if bool(present[0, j])]
-        return Prediction(str(video), self.row, used, missing, out,
+        return Prediction(f"{video}#{uid}" if uid else str(video), self.row, used, missing, out,
                           {"preprocess": round(t1 - t0, 4), "model": round(t2 - t1, 4)})

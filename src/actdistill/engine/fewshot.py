@@ -656,6 +656,14 @@ class FewShotPipeline:
         self.train_names = prompt_names(self.train_index)
         self.test_names = prompt_names(self.test_index)
         self.timings["index"] = time.perf_counter() - t0
+        if is_main():
+            from actdistill.data.report import data_report, write_problems
+
+            # train=None: few-shot test classes are disjoint from the training classes by design
+            text, record = data_report({d.train_split: self.train_index, d.test_split: self.test_index},
+                                       modalities=d.modalities, train=None)
+            print(text, flush=True)
+            write_problems(self.run_dir, record)
         _log(f"data: {len(self.train_index.segments)} train videos / {len(self.train_names)} classes, "
              f"{len(self.test_index.segments)} test videos / {len(self.test_names)} classes")
 
@@ -860,8 +868,16 @@ class FewShotPipeline:
 
 
 # ------------------------------------------------------------------------------------------ run + report
-def run_fewshot(cfg: FewShotConfig, run_dir: Path, train: bool = True, episodes: int | None = None) -> dict[str, Any]:
-    """Train (unless ``train=False``: load the run's weights) and evaluate every method; write the report."""
+def run_fewshot(cfg: FewShotConfig, run_dir: Path, train: bool = True, episodes: int | None = None,
+                out_dir: Path | None = None) -> dict[str, Any]:
+    """Train (unless ``train=False``: load the run's weights) and evaluate every method; write the report.
+
+    ``out_dir`` (default ``run_dir``) receives the summary and report: ``fewshot eval`` writes a
+    re-evaluation into ``<run>/eval-<timestamp>/`` so the training run's own results stay intact.
+    Fewer than one test episode is refused: a mean over no episodes is NaN, not a result."""
+    n = cfg.eval.episodes if episodes is None else episodes
+    if n < 1:
+        raise ValueError(f"eval.episodes must be at least 1, got {n}")
     t_start = time.perf_counter()
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
@@ -886,7 +902,7 @@ def run_fewshot(cfg: FewShotConfig, run_dir: Path, train: bool = True, episodes:
     pipe.timings["total"] = time.perf_counter() - t_start
     if not is_main():
         return {}
-    return write_report(run_dir, cfg, results, pipe.timings)
+    return write_report(run_dir if out_dir is None else Path(out_dir), cfg, results, pipe.timings)
 
 
 def write_report(run_dir: Path, cfg: FewShotConfig, results: Mapping[str, Mapping[str, Mapping[str, Any]]],
