@@ -60,6 +60,7 @@ student:
 rows: [baseline, baseline_delta, student]
 eval:
   efficiency: true
+  warmup: 1
   repeats: 3
 """
 
@@ -69,7 +70,7 @@ def demo_config(experiment: str | None = None, overrides: list[str] | None = Non
     import yaml
 
     source = experiment if experiment is not None else yaml.safe_load(DEMO_YAML)
-    return build_config(KarmmaConfig, source, ["run.name=demo", *(overrides or [])])
+    return build_config(KarmmaConfig, source, overrides, defaults=["run.name=demo"])
 
 
 def run_demo(experiment: str | None = None, overrides: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import csv
 import dataclasses
 import inspect
 import math
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from actdistill.data.builder import DataConfig, build_readers, load_index
+from actdistill.data.modalities.base import modality_kind, selects
 from actdistill.data.records import DatasetIndex
 from actdistill.evaluation.efficiency import count_flops, count_parameters
 
@@ -43,7 +45,7 @@ F16, F32 = 2, 4
 #: fp32 weight + gradient + the optimizer's two moments (AdamW in KARMMA, Adam in few-shot)
 TRAIN_BYTES_PER_PARAM = 16
 PREFETCH_FACTOR = 2  # the DataLoader default, and what engine.clips.make_loader uses
-IMU_CHANNELS = 6  # IMU channel count is in the CSV header, not the config: accelerometer + gyroscope assumed
+IMU_CHANNELS = 6  # IMU channels when no CSV header can be read: accelerometer + gyroscope assumed
 ASPECT = 16 / 9  # width/height assumed when spatial.crop_size is 0 (uncropped frames)
 
 
@@ -80,32 +82,52 @@ def _frame_hw(data: DataConfig) -> tuple[int, int]:
     return sp.short_side, round(sp.short_side * ASPECT)
 
 
-def sample_shapes(data: DataConfig) -> dict[str, tuple[int, ...]]:
+def sample_shapes(data: DataConfig, index: DatasetIndex | None = None) -> dict[str, tuple[int, ...]]:
     """Per-sample, per-view tensor shape of each modality as the readers + transform produce it.
 
     Derived from the config and the readers' own options (flow stack, audio window and hop,
-    boxes slots, IMU samples), so a change of reader defaults changes the plan too.
+    boxes slots, IMU samples), so a change of reader defaults changes the plan too. A named
+    modality (``imu:acc``) has its kind's rule. IMU channels: the reader's ``channels`` option, else
+    the header of the first CSV in ``index`` (one line read), else :data:`IMU_CHANNELS`, so that
+    the planned encoders get the ``in_channels`` the pipeline will take from the data.
     """
     readers = build_readers(data)
     t = data.sampling.num_frames
     h, w = _frame_hw(data)
     out: dict[str, tuple[int, ...]] = {}
     for m, r in readers.items():
-        if m == "rgb":
+        kind = modality_kind(m)
+        if kind == "rgb":
             out[m] = (t, 3, h, w)
-        elif m == "flow":
+        elif kind == "flow":
             out[m] = (t, 2 * int(getattr(r, "stack", 1)), h, w)
-        elif m == "depth":
+        elif kind == "depth":
             out[m] = (t, 1, h, w)
-        elif m == "audio":
+        elif kind == "audio":
             out[m] = (t, 1, int(r.n_mels), int(r.n_steps))  # type: ignore[attr-defined]
-        elif m == "boxes":
+        elif kind == "boxes":
             out[m] = (t, int(r.max_objects), 6)  # type: ignore[attr-defined]
-        elif m == "imu":
-            out[m] = (t, IMU_CHANNELS, int(r.samples))  # type: ignore[attr-defined]
+        elif kind == "imu":
+            out[m] = (t, _imu_channels(m, r, index), int(r.samples))  # type: ignore[attr-defined]
         else:
             raise ValueError(f"plan: no shape rule for modality {m!r}")
     return out
+
+
+def _imu_channels(m: str, reader: Any, index: DatasetIndex | None) -> int:
+    """IMU channels of modality ``m`` without decoding: see :func:`sample_shapes`."""
+    chosen = getattr(reader, "channels", None)
+    if chosen:
+        return len(chosen)
+    src = next((s.sources[m] for s in (index.segments if index else ()) if m in s.sources), None)
+    if src is None:
+        return IMU_CHANNELS
+    try:
+        with open(src.path, encoding="utf-8-sig", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return IMU_CHANNELS  # the run reports the file; the plan only needs a width
+    return max(len(header) - 1, 1) if header else IMU_CHANNELS
 
 
 def numel(shape: Sequence[int]) -> int:
@@ -278,7 +300,7 @@ def plan_karmma(cfg: Any, check_media: bool = False, tflops: float | None = None
     from actdistill.engine.karmma import build_row, build_teacher
     from actdistill.engine.tasks import FusionWithSingles, TrainingExtras, UnimodalClassifier, row_spec
     from actdistill.evaluation.protocols import modality_subsets
-    from actdistill.models.encoders.base import build_encoder
+    from actdistill.models.encoders.base import build_encoder, encoder_entry, with_data_channels
     from actdistill.models.fusion import KARMMAFusion, MultimodalRecognizer
 
     data: DataConfig = cfg.data
@@ -291,7 +313,7 @@ def plan_karmma(cfg: Any, check_media: bool = False, tflops: float | None = None
     n_train, n_test = len(train_index.segments), len(test_index.segments)
     tv, sv = cfg.cache.train_views, data.sampling.test_views
     t = data.sampling.num_frames
-    shapes = sample_shapes(data)
+    shapes = sample_shapes(data, train_index)
     in_train, in_test = _modality_counts(train_index, mods), _modality_counts(test_index, mods)
 
     arch = copy.deepcopy(cfg)
@@ -299,7 +321,7 @@ def plan_karmma(cfg: Any, check_media: bool = False, tflops: float | None = None
     arch.student.model = _architecture_only(cfg.student.model)
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        teacher = build_teacher(arch, mods, heads, t)
+        teacher = build_teacher(arch, mods, heads, t, shapes)
     extractors = teacher.encoders
     tokens = {m: (int(e.num_tokens(t)), int(e.out_dim)) for m, e in extractors.items()}
     fusion = KARMMAFusion(mods, {m: d for m, (_, d) in tokens.items()}, heads,
@@ -348,15 +370,16 @@ def plan_karmma(cfg: Any, check_media: bool = False, tflops: float | None = None
     uopt = cfg.teacher.unimodal_optim
 
     def fit_rows(spec: Any, wanted: Sequence[str], who: str, done: dict[str, Any]) -> None:
-        for m in wanted:
-            if m not in mods:
+        for m in mods:
+            if not selects(wanted, m):  # a kind (imu) covers its named modalities (imu:acc)
                 continue
-            opts = dict(spec.encoders.get(m, {}))
+            opts = dict(encoder_entry(spec.encoders, m) or {})
             name = str(opts.pop("name", "compact"))
             if who == "teacher" and opts.get("pretrained"):
                 continue  # pretrained extractors are used as they are (KarmmaPipeline.build_extractors)
             if name in ("compact", "frames", "flow", "spectrogram", "boxes", "imu"):
                 opts.setdefault("size", spec.size)
+            opts = with_data_channels(name, m, opts, shapes[m], f"{who}.model.encoders")
             key = (m, name, repr(sorted((k, v) for k, v in opts.items() if k != "size")))
             enc = build_encoder(name, modality=m, **_plain_options(opts, name))
             shared = key in done
@@ -419,7 +442,7 @@ def plan_karmma(cfg: Any, check_media: bool = False, tflops: float | None = None
         torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = build_row(arch, mods, heads, kind)
+            model = build_row(arch, mods, heads, kind, shapes)
         fused = isinstance(model, MultimodalRecognizer)
         aux_w = scfg.unimodal_aux if fused else 0.0
         single_w = scfg.single_passes if fused and row_spec(kind).single_passes else 0.0

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from actdistill.data.batch import Collate
 from actdistill.data.dataset import MultimodalDataset
 from actdistill.data.datasets import get_dataset
-from actdistill.data.modalities.base import READERS, ModalityReader
+from actdistill.data.modalities.base import ModalityReader, build_reader, options_for
 from actdistill.data.records import DataError, DatasetIndex
 from actdistill.data.sampling import TemporalSampler
 from actdistill.data.transforms import SpatialTransform
@@ -75,9 +75,9 @@ def load_index(cfg: DataConfig, split: str) -> DatasetIndex:
 
 
 def build_readers(cfg: DataConfig) -> dict[str, ModalityReader]:
-    import actdistill.data.modalities  # noqa: F401  (registers the readers)
-
-    return {m: READERS.build(m, **cfg.readers.get(m, {})) for m in cfg.modalities}
+    """One reader per modality, by kind (``imu:acc`` -> the ``imu`` reader), with the options of
+    ``data.readers.<name>`` or, when a named modality has none, of its kind."""
+    return {m: build_reader(m, options_for(cfg.readers, m)) for m in cfg.modalities}
 
 
 def build_dataset(cfg: DataConfig, split: str, train: bool, index: DatasetIndex | None = None) -> MultimodalDataset:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from actdistill.data.datasets import get_dataset
-from actdistill.data.modalities.base import READERS
+from actdistill.data.modalities.base import build_reader
 from actdistill.data.records import DataError, Problem
 
 
@@ -27,11 +27,11 @@ def summarize(
     deep: bool = False,
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    import actdistill.data.modalities  # noqa: F401  (registers the readers)
-
     spec = get_dataset(dataset)
-    mods = tuple(modalities or spec.modalities)
-    readers = {m: READERS.build(m) for m in mods}
+    found_splits, found_mods = _generic_layout(dataset, root, annotations, options)
+    splits = splits or found_splits
+    mods = tuple(modalities or found_mods or spec.modalities)
+    readers = {m: build_reader(m) for m in mods}
     out: dict[str, Any] = {
         "dataset": dataset,
         "root": str(root),
@@ -83,6 +83,27 @@ def summarize(
     out["num_problems"] = len(out["problems"])
     out["problem_kinds"] = dict(Counter(p["kind"] for p in out["problems"]))
     return out
+
+
+def _generic_layout(dataset: str, root: str | Path, annotations: str | Path | None,
+                    options: dict[str, Any] | None) -> tuple[list[str] | None, list[str] | None]:
+    """The splits and modality columns a generic manifest really has (``None, None`` for other
+    adapters, or when the manifest cannot be read: the per-split loads then report why).
+
+    Why: the adapter registers ``train``/``validation``/``test`` and the six modality kinds, so a
+    manifest's ``holdout`` rows or ``imu:gyro`` column would otherwise be left out of the summary
+    without a word, which is where a user looks first when training finds fewer samples.
+    """
+    if dataset != "generic":
+        return None, None
+    from actdistill.data.datasets.generic import manifest_layout
+
+    manifest = annotations if annotations is not None else (options or {}).get("manifest")
+    try:
+        splits, mods = manifest_layout(root, manifest)
+    except (DataError, OSError, ValueError):
+        return None, None
+    return splits, (mods or None)
 
 
 def _decode_one(reader: Any, src: Any, seg: Any) -> Problem | None:

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from actdistill.config import to_dict
+from actdistill.config import ConfigError, to_dict
 from actdistill.data.builder import DataConfig, load_index
+from actdistill.data.modalities.base import selects
 from actdistill.data.records import DataError
 from actdistill.engine.cache import FeatureCache, cache_key_hash
 from actdistill.engine.checkpoint import load_weights, save_weights
@@ -73,7 +76,7 @@ from actdistill.evaluation.protocols import (
     subset_name,
 )
 from actdistill.experiment import RunConfig
-from actdistill.models.encoders.base import Encoder, build_encoder
+from actdistill.models.encoders.base import Encoder, build_encoder, encoder_entry, with_data_channels
 from actdistill.models.fusion import KARMMAFusion, MultimodalRecognizer, build_karmma
 from actdistill.models.late_fusion import build_late_fusion
 from actdistill.seeding import stable_seed
@@ -190,6 +193,119 @@ class KarmmaConfig:
     eval: KarmmaEvalConfig = field(default_factory=KarmmaEvalConfig)
 
 
+# ------------------------------------------------------------------------------------------ validation
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {problem}")
+
+
+def _in_range(value: float, key: str, lo: float, hi: float | None = None, hi_open: bool = True) -> None:
+    """``lo <= value < hi`` (``hi_open``) or ``<= hi``; a NaN or infinite value is refused too."""
+    ok = math.isfinite(value) and value >= lo and (hi is None or (value < hi if hi_open else value <= hi))
+    bound = "" if hi is None else (f", below {hi}" if hi_open else f", at most {hi}")
+    _require(ok, key, f"{value!r} is out of range (at least {lo}{bound})")
+
+
+def _one_of(value: str, key: str, known: Sequence[str]) -> None:
+    _require(value in known, key, f"{value!r} is not one of {', '.join(known)}")
+
+
+def validate(cfg: KarmmaConfig) -> None:
+    """Check every config value that can be checked without data, before anything heavy runs.
+
+    Why: a bad value found by a stage (an unknown row after the teacher's hour of training, a
+    zero-epoch stage that saves untrained weights, a drop rate of 1.0 that the protocol cannot
+    honour) wastes the run or produces NaN tables. Raises :class:`ConfigError`: one line naming
+    the config key."""
+    import actdistill.data.modalities  # noqa: F401  (registers the readers)
+    from actdistill.data.dataset import ON_ERROR
+    from actdistill.data.datasets import DATASETS
+    from actdistill.data.modalities.base import READERS
+    from actdistill.data.sampling import SAMPLING_MODES
+    from actdistill.engine.clips import CLIP_MODES
+    from actdistill.engine.trainer import PRECISIONS
+    from actdistill.models.fusion import MISSING_MODES
+
+    d = cfg.data
+    mods = list(d.modalities)
+    _require(bool(mods), "data.modalities", "is empty; name at least one modality")
+    dup = sorted({m for m in mods if mods.count(m) > 1})
+    _require(not dup, "data.modalities", f"{dup} listed twice")
+    unknown = [m for m in mods if m.partition(":")[0] not in READERS or m.endswith(":")]
+    _require(not unknown, "data.modalities", f"no reader for {unknown}; known: {', '.join(READERS.names())}, "
+             "or a named modality <kind>:<name> of one of them (imu:acc)")
+    _require(d.dataset in DATASETS, "data.dataset",
+             f"unknown dataset {d.dataset!r}; known: {', '.join(DATASETS.names())}")
+    _one_of(d.on_error, "data.on_error", ON_ERROR)
+    _in_range(d.batch_size, "data.batch_size", 1)
+    _in_range(d.num_workers, "data.num_workers", 0)
+    _one_of(d.sampling.mode, "data.sampling.mode", SAMPLING_MODES)
+    for key in ("num_frames", "stride", "test_views"):
+        _in_range(getattr(d.sampling, key), f"data.sampling.{key}", 1)
+    _in_range(d.sampling.max_pad, "data.sampling.max_pad", 0)
+    _in_range(d.spatial.crop_size, "data.spatial.crop_size", 1)
+    _in_range(d.spatial.short_side, "data.spatial.short_side", 1)
+    lo, hi = d.spatial.scale_range
+    _require(0 < lo <= hi and math.isfinite(hi), "data.spatial.scale_range", f"{[lo, hi]} must be 0 < min <= max")
+    _one_of(d.spatial.normalize, "data.spatial.normalize", ("none", "imagenet", "clip"))
+
+    c = cfg.cache
+    _in_range(c.train_views, "cache.train_views", 1)
+    _in_range(c.chunk, "cache.chunk", 1)
+    _one_of(c.clips, "cache.clips", CLIP_MODES)
+    _in_range(c.in_memory_mb, "cache.in_memory_mb", 0)
+    _require(c.clips_max_gb > 0, "cache.clips_max_gb", f"{c.clips_max_gb!r} must be positive")
+
+    t = cfg.train
+    _one_of(t.precision, "train.precision", [k for k in PRECISIONS if k != "32-true"])
+    _in_range(t.checkpoint_every, "train.checkpoint_every", 0)
+    _in_range(t.log_every, "train.log_every", 1)
+
+    for key, ocfg in (("teacher.optim", cfg.teacher.optim), ("teacher.unimodal_optim", cfg.teacher.unimodal_optim),
+                      ("student.optim", cfg.student.optim)):
+        _in_range(ocfg.epochs, f"{key}.epochs", 1)
+        _in_range(ocfg.batch_size, f"{key}.batch_size", 1)
+        _require(math.isfinite(ocfg.lr) and ocfg.lr > 0, f"{key}.lr", f"{ocfg.lr!r} must be a positive number")
+        for sub in ("weight_decay", "warmup_epochs", "grad_clip"):
+            _in_range(getattr(ocfg, sub), f"{key}.{sub}", 0)
+
+    for who in ("teacher", "student"):
+        section = getattr(cfg, who)
+        _in_range(section.modality_dropout, f"{who}.modality_dropout", 0, 1)
+        _in_range(section.single_passes, f"{who}.single_passes", 0)
+        missing = section.model.fusion.get("missing")
+        if missing is not None:
+            _one_of(str(missing), f"{who}.model.fusion.missing", MISSING_MODES)
+    s = cfg.student
+    _in_range(s.alpha, "student.alpha", 0, 1, hi_open=False)
+    _require(math.isfinite(s.temperature) and s.temperature > 0, "student.temperature",
+             f"{s.temperature!r} must be a positive number")
+    _in_range(s.dropout_ramp_epochs, "student.dropout_ramp_epochs", 0)
+    _in_range(s.unimodal_aux, "student.unimodal_aux", 0)
+    _one_of(s.teacher_input, "student.teacher_input", ("dropped", "all"))
+    _one_of(s.single_pass_target, "student.single_pass_target", ("labels", "teacher"))
+    stray = [m for m in s.init_unimodal if m not in mods]
+    _require(not stray, "student.init_unimodal", f"names {stray}, not among data.modalities {mods}")
+
+    known_rows = ROWS.names()
+    unknown = [r for r in cfg.rows if r not in known_rows]
+    _require(not unknown, "rows", f"unknown row(s) {unknown}; known: {', '.join(known_rows)}")
+    dup = sorted({r for r in cfg.rows if cfg.rows.count(r) > 1})
+    _require(not dup, "rows", f"{dup} listed twice")
+
+    e = cfg.eval
+    _require(bool(e.drop_rates), "eval.drop_rates", "is empty; give at least one rate, e.g. [0.0, 0.5]")
+    for i, rate in enumerate(e.drop_rates):
+        _in_range(rate, f"eval.drop_rates[{i}]", 0, 1)
+    for key in ("drop_repeats", "batch_size", "latency_batch", "throughput_batch", "repeats", "latency_repeats"):
+        _in_range(getattr(e, key), f"eval.{key}", 1)
+    _in_range(e.warmup, "eval.warmup", 0)
+
+    _in_range(cfg.run.threads, "run.threads", 0)
+    _require(cfg.run.dist_timeout_min > 0, "run.dist_timeout_min", f"{cfg.run.dist_timeout_min!r} must be positive")
+    _require(bool(cfg.run.name.strip()), "run.name", "is empty")
+
+
 # --------------------------------------------------------------------------------------------- helpers
 def _heads(classes: dict[str, list[str]], action_head: bool) -> dict[str, int]:
     heads = {t: len(v) for t, v in classes.items() if v and (t != "action" or action_head)}
@@ -198,11 +314,16 @@ def _heads(classes: dict[str, list[str]], action_head: bool) -> dict[str, int]:
     return heads
 
 
-def _spec_opts(spec: ModelSpec, m: str) -> tuple[str, dict[str, Any]]:
-    opts = dict(spec.encoders.get(m, {}))
+def _spec_opts(spec: ModelSpec, m: str, shapes: Mapping[str, Sequence[int]] | None = None,
+               where: str = "model.encoders") -> tuple[str, dict[str, Any]]:
+    """Encoder name and options of modality ``m``: its own entry, else its kind's (``imu:acc`` ->
+    ``imu``); given the data's per-sample ``shapes``, ``in_channels`` comes from the data."""
+    opts = dict(encoder_entry(spec.encoders, m) or {})
     name = str(opts.pop("name", "compact"))
     if name in ("compact", "frames", "flow", "spectrogram", "boxes", "imu"):
         opts.setdefault("size", spec.size)
+    if shapes is not None:
+        opts = with_data_channels(name, m, opts, shapes.get(m), where)
     return name, opts
 
 
@@ -242,11 +363,13 @@ def row_architecture(kind: str) -> str:
     return kind if kind not in ROWS else row_spec(kind).architecture
 
 
-def build_row(cfg: KarmmaConfig, modalities: tuple[str, ...], heads: dict[str, int], kind: str) -> nn.Module:
-    """An untrained model of row ``kind`` (the student architecture as its :class:`RowSpec` says)."""
+def build_row(cfg: KarmmaConfig, modalities: tuple[str, ...], heads: dict[str, int], kind: str,
+              shapes: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
+    """An untrained model of row ``kind`` (the student architecture as its :class:`RowSpec` says);
+    ``shapes``: per-sample input shapes (``model.json``'s ``input_shapes``), for ``in_channels``."""
     row = _row_spec(kind)
     spec = cfg.student.model
-    enc = {m: {"name": n, **o} for m in modalities for n, o in [_spec_opts(spec, m)]}
+    enc = {m: {"name": n, **o} for m in modalities for n, o in [_spec_opts(spec, m, shapes, "student.model.encoders")]}
     if row.late_fusion:
         return build_late_fusion(modalities, heads, spec.size, enc)
     fusion = dict(spec.fusion)
@@ -264,13 +387,14 @@ def _row_spec(kind: str) -> Any:
 
 
 def build_teacher(cfg: KarmmaConfig, modalities: tuple[str, ...], heads: dict[str, int],
-                  num_frames: int) -> MultimodalRecognizer:
+                  num_frames: int, shapes: Mapping[str, Sequence[int]] | None = None) -> MultimodalRecognizer:
     """The teacher's architecture (extractors + fusion) without fitting or pretrained downloads:
-    ``teacher.safetensors`` of a run holds every weight, extractors included."""
+    ``teacher.safetensors`` of a run holds every weight, extractors included. ``shapes``: as for
+    :func:`build_row`."""
     spec = cfg.teacher.model
     encs = {}
     for m in modalities:
-        name, opts = _spec_opts(spec, m)
+        name, opts = _spec_opts(spec, m, shapes, "teacher.model.encoders")
         if "pretrained" in opts or name == "mobilenet_v2":  # the run's file has the weights
             opts["pretrained"] = None
         encs[m] = build_encoder(name, modality=m, **opts)
@@ -290,6 +414,7 @@ class KarmmaPipeline:
         self.shard = shard or Shard.of_rank()
         self.progress = cfg.run.progress
         self.modalities = tuple(cfg.data.modalities)
+        self.input_shapes: dict[str, tuple[int, ...]] | None = None  # per-sample [T, ...], after load_data
         self.timings: dict[str, float] = {}
         self._init_paths: dict[str, Path] | None = None  # student.init_unimodal fits, once per pipeline
 
@@ -303,12 +428,16 @@ class KarmmaPipeline:
         self.test_index = load_index(data, data.test_split)
         self.heads = _heads(self.train_index.classes, self.cfg.action_head)
         self.classes = self.train_index.classes
+        # from the indexes alone first: a modality with no files anywhere stops the run before decoding
+        self._check_modalities({"train": self.train_index.modality_counts(), "test": self.test_index.modality_counts()},
+                               {"train": len(self.train_index.segments), "test": len(self.test_index.segments)})
         root, mem = self.cfg.cache.root, self.cfg.cache.in_memory_mb
         c = self.cfg.cache
         self.train_split = load_clips(data, data.train_split, True, c.train_views, root, self.train_index,
                                       self.progress, mem, self.shard, c.chunk, c.clips, c.clips_max_gb)
         self.test_split = load_clips(data, data.test_split, False, data.sampling.test_views, root, self.test_index,
                                      self.progress, mem, self.shard, c.chunk, c.clips, c.clips_max_gb)
+        self.input_shapes = {**self.train_split.shapes, **self.test_split.shapes}  # encoders' in_channels
         labels = self.test_split.labels
         unlabelled = [t for t in self.heads if t not in labels or not bool((labels[t] >= 0).any())]
         if unlabelled:
@@ -316,12 +445,57 @@ class KarmmaPipeline:
                 f"data.test_split={data.test_split!r} of {data.dataset!r} has no {'/'.join(unlabelled)} labels "
                 "(EPIC-KITCHENS-100's test split is unlabelled: its results go to the challenge server); "
                 "evaluate on a labelled split, e.g. data.test_split=validation")
+        self.data_report()
+        present = {"train": self.train_split.present.sum(0), "test": self.test_split.present.sum(0)}
+        self._check_modalities({r: {m: int(n[j]) for j, m in enumerate(self.modalities)} for r, n in present.items()},
+                               {"train": len(self.train_split), "test": len(self.test_split)})
         self.timings["data"] = time.perf_counter() - t0
         if is_main() and self.run_dir is not None:
             write_model_info(self.run_dir, self.modalities, self.heads, self.classes, self.cfg.action_head,
-                             {m: list(shape) for m, shape in self.test_split.shapes.items()})
+                             {m: list(shape) for m, shape in self.input_shapes.items()})
         _log(f"data: {len(self.train_split)} train clips x {self.train_split.views} views, "
              f"{len(self.test_split)} test clips, tasks {self.heads} ({self.timings['data']:.1f}s)")
+
+    def data_report(self) -> dict[str, Any]:
+        """Print what the job does with its data (rows read, used, dropped and why, samples skipped
+        at read time, classes seen only in evaluation) and write every problem to ``problems.json``
+        in the run directory (:mod:`actdistill.data.report`). Called before any training."""
+        from actdistill.data.report import data_report, write_problems
+
+        indexes = {"train": self.train_index, "test": self.test_index}
+        splits = {r: s for r, s in (("train", getattr(self, "train_split", None)),
+                                    ("test", getattr(self, "test_split", None))) if s is not None}
+        text, record = data_report(indexes, modalities=self.modalities,
+                                   read_problems={r: s.problems for r, s in splits.items()},
+                                   skipped={r: s.skipped_uids for r, s in splits.items()},
+                                   train="train", tasks=list(self.heads))
+        if is_main():
+            print(text, flush=True)
+            if self.run_dir is not None:
+                write_problems(self.run_dir, record)
+        self.data_record = record
+        return record
+
+    def _check_modalities(self, counts: dict[str, dict[str, int]], sizes: dict[str, int]) -> None:
+        """Every modality of ``data.modalities`` must have data in both splits (``counts``: role ->
+        modality -> samples that have it). Why: a modality the training split lacks trains an
+        encoder on nothing, and one the test split lacks gives its modality subsets zero samples,
+        i.e. NaN accuracies in summary.json. The data report is printed (and saved) first, so the
+        files that went missing are named."""
+        data = self.cfg.data
+        names = {"train": data.train_split, "test": data.test_split}
+        for role in ("train", "test"):
+            absent = [m for m in self.modalities if counts[role].get(m, 0) == 0]
+            if not absent:
+                continue
+            if not hasattr(self, "data_record"):
+                self.data_report()
+            effect = ("nothing to train its encoder on" if role == "train"
+                      else "its modality subsets would have no test sample and score NaN")
+            raise ConfigError(
+                f"data.modalities: {absent} have no data in the {role} split {names[role]!r} of {data.dataset!r} "
+                f"(0 of {sizes[role]} samples; {effect}); provide the files or remove them from data.modalities"
+                + ("; every problem is in problems.json" if self.run_dir is not None else ""))
 
     def loader(self, split: CachedSplit, stage: str, epoch: int, start: int, batch_size: int,
                extra: dict[str, CachedSplit] | None = None, rows: list[int] | None = None,
@@ -335,10 +509,15 @@ class KarmmaPipeline:
         return make_loader(ds, batch_size, True, seed, epoch, self.cfg.data.num_workers, start)
 
     # ---------------------------------------------------------------------------- unimodal fit
+    def _encoder_opts(self, spec: ModelSpec, m: str) -> tuple[str, dict[str, Any]]:
+        """:func:`_spec_opts` with the data's shapes (``in_channels``) once :meth:`load_data` ran."""
+        where = "teacher.model.encoders" if spec is self.cfg.teacher.model else "student.model.encoders"
+        return _spec_opts(spec, m, self.input_shapes, where)
+
     def _unimodal_key(self, m: str, spec: ModelSpec) -> dict[str, Any]:
         """What a fit depends on. ``size`` only picks presets: it is replaced by the built encoder's
         parameter shapes, so a student encoder with the teacher's explicit widths shares its fit."""
-        name, opts = _spec_opts(spec, m)
+        name, opts = self._encoder_opts(spec, m)
         with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
             shapes = [[k, list(v.shape)] for k, v in build_encoder(name, modality=m, **opts).state_dict().items()]
         opts = {k: v for k, v in opts.items() if k != "size"}
@@ -365,7 +544,7 @@ class KarmmaPipeline:
         if out.exists():
             _log(f"{label} {m}: reusing {out}")
             return out
-        name, opts = _spec_opts(spec, m)
+        name, opts = self._encoder_opts(spec, m)
         torch.manual_seed(self.cfg.run.seed)
         net = UnimodalClassifier(build_encoder(name, modality=m, **opts), self.heads).to(self.device)
         rows = self.train_split.rows_with(m)
@@ -410,8 +589,8 @@ class KarmmaPipeline:
         ext: dict[str, Encoder] = {}
         self.extractor_ids: dict[str, Any] = {}
         for m in self.modalities:
-            name, opts = _spec_opts(self.cfg.teacher.model, m)
-            if m in self.cfg.teacher.fit_unimodal and not opts.get("pretrained"):
+            name, opts = self._encoder_opts(self.cfg.teacher.model, m)
+            if selects(self.cfg.teacher.fit_unimodal, m) and not opts.get("pretrained"):
                 path, _ = self.unimodal_file(m, self.cfg.teacher.model)
                 if not fit and not path.exists():
                     raise DataError(path, f"the teacher's {m} extractor is not fitted yet; run `actdistill "
@@ -493,7 +672,7 @@ class KarmmaPipeline:
 
     # ------------------------------------------------------------------------------------ rows
     def build_row(self, kind: str) -> nn.Module:
-        return build_row(self.cfg, self.modalities, self.heads, kind)
+        return build_row(self.cfg, self.modalities, self.heads, kind, self.input_shapes)
 
     def train_row(self, kind: str, teacher: MultimodalRecognizer | None) -> nn.Module:
         """Train row ``kind`` (:data:`ROWS`) and save ``<kind>.safetensors``; ``teacher`` is the
@@ -696,6 +875,7 @@ def extract(cfg: KarmmaConfig, shard: Shard | None = None) -> list[str]:
     No run directory is written; returns the lines to print."""
     from actdistill.data.datasets.synthetic_loader import ensure_synthetic
 
+    validate(cfg)
     if cfg.data.dataset == "synthetic" and (shard is None or shard.count == 1):
         ensure_synthetic(cfg.data.root, int(cfg.data.options.get("seed", 0)),
                          str(cfg.data.options.get("size", "small")), cfg.run.progress)
@@ -722,6 +902,8 @@ def prepare_run(cfg: KarmmaConfig) -> Path:
     from actdistill.engine.distributed import from_main
     from actdistill.rundir import open_run_dir, save_config
 
+    validate(cfg)  # every rank: a bad value stops all of them, before the dataset is generated
+
     def setup() -> Path:
         if cfg.data.dataset == "synthetic":
             opts = cfg.data.options
@@ -747,6 +929,7 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
     )
     from actdistill.rundir import write_json
 
+    validate(cfg)
     t_start = time.perf_counter()
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
@@ -807,7 +990,9 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
     write_json(run_dir / "run_info.json", {"timings_s": pipe.timings, "targets": targets, "heads": pipe.heads,
                                            "train_clips": len(pipe.train_split),
                                            "test_clips": len(pipe.test_split),
-                                           "skipped": pipe.train_split.skipped})
+                                           "skipped": pipe.train_split.skipped,
+                                           "skipped_test": pipe.test_split.skipped,
+                                           "problems": len(pipe.data_record["problems"])})
     (run_dir / "report.md").write_text(render_report(summary, pipe.modalities, rates, targets, pipe.timings))
     return summary
 

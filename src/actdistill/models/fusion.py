@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from actdistill.models.base import MODELS, average_logits, check_present, encode_present
 from actdistill.models.encoders import build_encoder
-from actdistill.models.encoders.base import Encoder
+from actdistill.models.encoders.base import Encoder, encoder_entry
 from actdistill.models.heads import MultiHeadMLP
 
 MISSING_MODES = ("tokens", "mask", "single_token", "zeros")
@@ -233,10 +233,11 @@ def build_encoders(
     modalities: Sequence[str], size: str = "student", encoders: Mapping[str, Any] | None = None
 ) -> dict[str, Encoder]:
     """One encoder per modality: ``encoders[m]`` is a name or ``{"name": ..., **options}``
-    (default: the built-in ``compact`` encoder of the given ``size``)."""
+    (default: the built-in ``compact`` encoder of the given ``size``). A named modality
+    (``imu:acc``) without an entry of its own uses its kind's (``imu``), as its own instance."""
     out = {}
     for m in modalities:
-        name, opts = _encoder_spec((encoders or {}).get(m), size)
+        name, opts = _encoder_spec(encoder_entry(encoders or {}, m), size)
         out[m] = build_encoder(name, modality=m, **opts)
     return out
 

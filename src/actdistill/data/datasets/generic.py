@@ -20,7 +20,8 @@ column          meaning
                 source, read from the folder or the video header)
 ``fps``         rate of the frame numbering, used to turn frames into seconds for audio and
                 IMU (default: the rgb video's rate, else ``default_fps``)
-``split``       e.g. ``train`` / ``val`` / ``test``; rows are selected by it
+``split``       e.g. ``train`` / ``validation`` / ``test``; rows are selected by it
+                (``val`` and ``validation`` name the same split, see below)
 task columns    one column per task (``label``, or ``verb`` and ``noun``, ...): a class name
                 from ``classes.json`` or its integer index; empty = unlabelled for that task
 ``rgb``         frame folder or video file (.mp4 .avi .webm .mkv .mov)
@@ -28,7 +29,10 @@ task columns    one column per task (``label``, or ``verb`` and ``noun``, ...): 
 ``audio``       .wav file, or a video file whose audio stream is used
 ``depth``       folder of 16-bit PNG frames, or a video file
 ``boxes``       JSON file of per-frame boxes
-``imu``         CSV file of IMU samples
+``imu``         CSV file of IMU samples (``timestamp`` in seconds, or ``timestamp_ms`` ...)
+``<kind>:<name>`` a named modality of a kind above, e.g. ``imu:acc`` and ``imu:gyro`` for
+                two sensors of one watch, ``audio:mic2``: read like its kind, but a modality
+                of its own (own encoder, own presence, own place in the subsets)
 ``<m>_template`` optional ``str.format`` template for a frame folder of modality ``m``
                 (e.g. ``img_{:05d}.jpg``); inferred from the file names when absent
 ``width``,      optional size in pixels of the image the boxes refer to (default: the rgb
@@ -49,6 +53,12 @@ Task columns are the keys of ``classes.json``; any other column not listed above
 copied into ``meta``. Without ``classes.json`` every unlisted column is a task, and its classes
 are the sorted distinct values over *all* rows (so indices agree between splits), or ``0..max``
 when every value is an integer.
+
+Splits: rows are selected by their ``split`` cell. ``val`` and ``validation`` are one split
+(selecting either picks rows marked with either), because the configs' default validation
+split is ``validation`` while manifests often say ``val``, and rows silently vanishing from
+training and from ``data summary`` is the worst way to find that out. :func:`manifest_layout`
+lists the splits and modality columns a manifest really has (what ``data summary`` shows).
 """
 
 from __future__ import annotations
@@ -71,9 +81,11 @@ from actdistill.data.datasets.video_folder import (
     read_json,
     with_fps,
 )
+from actdistill.data.modalities.base import modality_kind
 from actdistill.data.records import DataError, DatasetIndex, Problem, Segment, Source
 
 MODALITIES = ("rgb", "flow", "audio", "depth", "boxes", "imu")
+SPLIT_ALIASES = {"val": "validation"}  # a manifest's split name -> the name configs and summaries use
 RESERVED = frozenset(
     {"uid", "video_id", "start_frame", "stop_frame", "fps", "split", "width", "height", "text"}
     | set(MODALITIES)
@@ -83,6 +95,61 @@ _FRAME_COUNTING = ("rgb", "depth", "flow")  # modalities whose frame count can d
 # An integer class index as text. Not ``str.isdigit``: it accepts "--1" after lstrip("-") and
 # superscripts such as "¹", on which int() then raises instead of the row being reported.
 _INT_TEXT = re.compile(r"-?[0-9]+")
+
+
+def modality_column(key: str) -> bool:
+    """Whether a manifest column holds a modality's paths: a kind (``imu``) or a named modality
+    of a kind (``imu:acc``). Such a column is never a task or free text."""
+    kind, sep, name = key.partition(":")
+    return kind in MODALITIES and (not sep or bool(name))
+
+
+def _reserved(key: str) -> bool:
+    """Columns with a meaning of their own (not tasks, not copied into ``meta``)."""
+    if key in RESERVED or modality_column(key):
+        return True
+    return key.endswith("_template") and modality_column(key[: -len("_template")])
+
+
+def split_name(name: str) -> str:
+    """The canonical name of a manifest split (``val`` -> ``validation``; others unchanged)."""
+    return SPLIT_ALIASES.get(name, name)
+
+
+def _check_modalities(mods: Sequence[str]) -> None:
+    bad = [m for m in mods if not modality_column(m)]
+    if bad:
+        raise ValueError(f"generic: unsupported modalities {bad} (use {', '.join(MODALITIES)}, or a named "
+                         "modality <kind>:<name> of one of them, e.g. imu:acc)")
+
+
+def manifest_layout(root: str | Path, manifest: str | Path | None = None) -> tuple[list[str], list[str]]:
+    """The splits (canonical names, ``["all"]`` without a ``split`` column) and the modality
+    columns (kinds and named ones, in the manifest's column order) of a manifest.
+
+    Why: the adapter's registered splits and modalities are only the usual ones; a manifest may
+    use ``holdout`` or ``imu:gyro``, and ``data summary`` must show what is there, not hide it.
+    """
+    root_p = Path(root)
+    if not root_p.is_dir():
+        raise DataError(root_p, "dataset root not found")
+    _, raw_rows = _read_manifest(root_p, Path(manifest) if manifest is not None else None)
+    splits: dict[str, None] = {}
+    columns: dict[str, None] = {}
+    has_split = False
+    for _, row in raw_rows:
+        if isinstance(row, str):
+            continue
+        for k in row:
+            if modality_column(k):
+                columns.setdefault(k, None)
+        if "split" in row:
+            has_split = True
+            if _cell(row.get("split")):
+                splits.setdefault(split_name(_cell(row.get("split"))), None)
+    usual = ("train", "validation", "test")
+    ordered = [s for s in usual if s in splits] + sorted(s for s in splits if s not in usual)
+    return (ordered if has_split else ["all"]), list(columns)
 
 
 def _read_manifest(root: Path, manifest: Path | None) -> tuple[Path, Iterator[tuple[int, dict[str, Any] | str]]]:
@@ -209,16 +276,16 @@ def load_generic(
 ) -> DatasetIndex:
     """Index the rows of ``split`` (``None`` or ``"all"``: every row) of a generic manifest.
 
-    ``modalities`` limits which path columns are used (default: all present). See the module
-    docstring for the format. A missing manifest, a CSV without ``uid`` or a malformed
-    ``classes.json`` raises :class:`DataError`; every bad row becomes a problem naming the row.
+    ``modalities`` limits which path columns are used (default: all present, named ones such as
+    ``imu:acc`` included). See the module docstring for the format. A missing manifest, a CSV
+    without ``uid`` or a malformed ``classes.json`` raises :class:`DataError`; every bad row
+    becomes a problem naming the row.
     """
     root_p = Path(root)
     if not root_p.is_dir():
         raise DataError(root_p, "dataset root not found")
-    mods = tuple(MODALITIES if modalities is None else modalities)
-    if set(mods) - set(MODALITIES):
-        raise ValueError(f"generic: unsupported modalities {sorted(set(mods) - set(MODALITIES))} (use {MODALITIES})")
+    if modalities is not None:
+        _check_modalities(modalities)
     manifest_p, raw_rows = _read_manifest(root_p, Path(manifest) if manifest is not None else None)
     problems: list[Problem] = []
     rows: list[tuple[int, dict[str, Any]]] = []
@@ -228,13 +295,17 @@ def load_generic(
         else:
             rows.append((n, row))
 
+    all_keys = {k: None for _, r in rows for k in r}  # dict: first-seen column order
+    if modalities is None:
+        mods = tuple(MODALITIES) + tuple(k for k in all_keys if ":" in k and modality_column(k))
+    else:
+        mods = tuple(modalities)
     classes_path = root_p / "classes.json"
-    all_keys = {k for _, r in rows for k in r}
     if classes_path.is_file():
         classes = _read_classes(classes_path)
         tasks = list(classes)
     else:
-        tasks = sorted(k for k in all_keys if k not in RESERVED and not k.startswith("meta_"))
+        tasks = sorted(k for k in all_keys if not _reserved(k) and not k.startswith("meta_"))
         classes = _derive_classes([r for _, r in rows], tasks)
     class_idx = {t: {c: i for i, c in enumerate(names)} for t, names in classes.items()}
     if split not in (None, "all") and "split" not in all_keys and rows:
@@ -242,9 +313,11 @@ def load_generic(
 
     segments: list[Segment] = []
     seen: set[str] = set()
+    rows_read = len(problems)  # unparseable rows (their split is unknown) count in every split
     for n, row in rows:
-        if split not in (None, "all") and _cell(row.get("split")) != split:
+        if split not in (None, "all") and split_name(_cell(row.get("split"))) != split_name(split):
             continue
+        rows_read += 1
         where = f"row {n}"
         uid = _cell(row.get("uid"))
         if not uid:
@@ -259,7 +332,8 @@ def load_generic(
         if seg is not None:
             segments.append(seg)
     name = root_p.resolve().name or "generic"
-    return DatasetIndex(name=name, split=split or "all", segments=segments, classes=classes, problems=problems)
+    return DatasetIndex(name=name, split=split or "all", segments=segments, classes=classes, problems=problems,
+                        rows_read=rows_read)
 
 
 def _build_segment(
@@ -312,22 +386,24 @@ def _build_segment(
             problems.append(Problem(str(p), f"{where}: {m} source not found", "missing"))
             continue
         template = _cell(row.get(f"{m}_template")) or None
+        kind = modality_kind(m)
         try:
-            if m in ("rgb", "depth"):
-                media = describe_one(p, template, "frames" if m == "rgb" else "png16")
+            if kind in ("rgb", "depth"):
+                media = describe_one(p, template, "frames" if kind == "rgb" else "png16")
                 sources[m], counts[m] = media.source, media.num_frames
-                if m == "rgb" and media.fps is not None:
+                if kind == "rgb" and media.fps is not None and video_fps is None:  # rgb before rgb:<name>
                     video_fps, image_size = media.fps, media.image_size
-            elif m == "flow":
+            elif kind == "flow":
                 sources[m], extra = flow_source(p, template)
                 counts[m] = sources[m].num_frames or 0
                 problems.extend(extra)
             else:
-                sources[m] = _file_source(m, p)
+                sources[m] = _file_source(kind, p)
         except DataError as e:
             problems.append(Problem(e.path, f"{where}: {e.problem}", problem_kind(e)))
 
-    if "boxes" in sources:
+    box_mods = [m for m in sources if modality_kind(m) == "boxes"]
+    if box_mods:
         try:
             w, h = _cell(row.get("width")), _cell(row.get("height"))
             size = (_int_cell(w, "width"), _int_cell(h, "height")) if w and h else image_size
@@ -335,14 +411,18 @@ def _build_segment(
             bad(str(e))
             return None
         if size is not None:
-            b = sources["boxes"]
-            sources["boxes"] = Source(kind=b.kind, path=b.path, options={**b.options, "image_size": size})
+            for m in box_mods:
+                b = sources[m]
+                sources[m] = Source(kind=b.kind, path=b.path, options={**b.options, "image_size": size})
 
     if not sources:
         bad("no usable modality source", "empty")
         return None
 
-    length = next((counts[m] for m in _FRAME_COUNTING if m in counts), None)
+    # the frame count of the first frame-counting source, kinds in _FRAME_COUNTING's order (rgb first)
+    counting = sorted((m for m in counts if modality_kind(m) in _FRAME_COUNTING),
+                      key=lambda m: (_FRAME_COUNTING.index(modality_kind(m)), m != modality_kind(m)))
+    length = counts[counting[0]] if counting else None
     try:
         start_s, stop_s = _cell(row.get("start_frame")), _cell(row.get("stop_frame"))
         start = _int_cell(start_s, "start_frame") if start_s else 1
@@ -370,12 +450,13 @@ def _build_segment(
         bad(f"fps must be a positive finite number, got {fps}")
         return None
 
-    sources = {m: with_fps(src, fps) if m in _FRAME_COUNTING else src for m, src in sources.items()}
+    sources = {m: with_fps(src, fps) if modality_kind(m) in _FRAME_COUNTING else src
+               for m, src in sources.items()}
     meta: dict[str, Any] = {}
     for k, v in row.items():
         if k.startswith("meta_"):
             meta[k[5:]] = v
-        elif k == "text" or (k not in RESERVED and k not in tasks):
+        elif k == "text" or (not _reserved(k) and k not in tasks):
             meta[k] = v
     return Segment(
         uid=uid,

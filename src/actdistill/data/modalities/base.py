@@ -11,7 +11,9 @@ naming the file on bad input and never return fabricated data.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +22,45 @@ from actdistill.data.records import Problem, Segment, Source
 from actdistill.registry import Registry
 
 READERS: Registry[ModalityReader] = Registry("modality reader")
+
+
+def modality_kind(name: str) -> str:
+    """The kind of a modality name: ``"imu:acc"`` -> ``"imu"``, ``"rgb"`` -> ``"rgb"``.
+
+    A named modality ``<kind>:<name>`` (two IMUs of one watch, a second microphone) is read by the
+    kind's reader and encoded by the kind's encoder, but has its own encoder weights, presence and
+    place in the modality subsets, so that each sensor can drop out on its own.
+    """
+    kind, sep, rest = name.partition(":")
+    if sep and (not kind or not rest):
+        raise ValueError(f"modality {name!r}: a named modality is written <kind>:<name>, e.g. imu:acc")
+    return kind
+
+
+def options_for(table: Mapping[str, Any], name: str) -> Any:
+    """``table[name]``, else the entry of ``name``'s kind (``{}`` when neither exists).
+
+    How per-modality settings (``data.readers``, ``*.model.encoders``) reach a named modality:
+    ``imu:acc`` uses its own entry when it has one and otherwise its kind's (``imu``), whole, not
+    merged, so that an entry always reads as the complete setting of the modalities it serves.
+    """
+    if name in table:
+        return table[name]
+    return table.get(modality_kind(name), {})
+
+
+def selects(names: Sequence[str], modality: str) -> bool:
+    """Whether a list of modalities in a config (``teacher.fit_unimodal``) covers ``modality``:
+    by its name, or by its kind (``imu`` covers ``imu:acc`` and ``imu:gyro``), so that the defaults,
+    written in kinds, keep applying to named modalities."""
+    return modality in names or modality_kind(modality) in names
+
+
+def build_reader(name: str, options: Mapping[str, Any] | None = None) -> ModalityReader:
+    """The reader of modality ``name`` (its kind's reader class) with ``options``."""
+    import actdistill.data.modalities  # noqa: F401  (registers the readers)
+
+    return READERS.build(modality_kind(name), **dict(options or {}))
 
 
 class ModalityReader(ABC):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +113,86 @@ class FrozenExtractor(Encoder):
         return int(fn(num_frames))
 
 
+def modality_kind(modality: str) -> str:
+    """``"imu:acc"`` -> ``"imu"``: the kind whose encoder a named modality uses.
+
+    The same rule as :func:`actdistill.data.modalities.base.modality_kind` (which also validates
+    the name), repeated here so that building a model never imports the data readers.
+    """
+    return modality.partition(":")[0]
+
+
+def encoder_entry(encoders: Mapping[str, Any], modality: str) -> Any:
+    """The config entry for ``modality``'s encoder: its own (``encoders["imu:acc"]``), else its
+    kind's (``encoders["imu"]``), else ``None``. Each named modality still gets its own encoder
+    *instance*; the kind's entry only says how to build it, so two IMUs never share weights."""
+    if modality in encoders:
+        return encoders[modality]
+    return encoders.get(modality_kind(modality))
+
+
+TAKES_IN_CHANNELS = frozenset({"compact", "frames", "flow", "spectrogram", "imu", "mobilenet_v2", "timm"})
+"""Encoders with an ``in_channels`` option (``compact`` for every kind but boxes)."""
+_CHANNEL_KINDS = ("rgb", "flow", "depth", "audio", "imu")  # per-sample shape [T, C, ...]
+
+
+def data_channels(modality: str, shape: Sequence[int] | None) -> int | None:
+    """Channels of ``modality``'s per-sample input ``[T, C, ...]`` (``None``: no channel axis, as
+    for boxes ``[T, K, 6]``, or no shape known)."""
+    if shape is None or modality_kind(modality) not in _CHANNEL_KINDS or len(shape) < 3:
+        return None
+    return int(shape[1])
+
+
+def default_in_channels(name: str, modality: str, options: Mapping[str, Any]) -> int | None:
+    """The ``in_channels`` encoder ``name`` uses for ``modality`` when not given (``None``: it has
+    no default there, or no such option)."""
+    kind = modality_kind(modality)
+    if name == "compact":
+        name = {"rgb": "frames", "depth": "frames", "flow": "flow", "audio": "spectrogram", "imu": "imu"}.get(kind, "")
+    if name == "flow":
+        return 2 * int(options.get("stack", 1))
+    return {"frames": DEFAULT_CHANNELS.get(kind), "spectrogram": 1, "imu": 6, "mobilenet_v2": 3,
+            "timm": 3}.get(name)
+
+
+def with_data_channels(name: str, modality: str, options: Mapping[str, Any], shape: Sequence[int] | None,
+                       where: str = "encoders") -> dict[str, Any]:
+    """``options`` with ``in_channels`` taken from the data's per-sample ``shape`` when not given.
+
+    Why: an IMU CSV may hold 3, 6 or 9 columns, and the encoder's width used to be a guess the
+    user had to make (``imu`` defaulted to 6) with a shape error at the first forward as the only
+    feedback. A given ``in_channels`` (or a flow ``stack``, which means ``2 * stack`` channels) that
+    contradicts the data is one ValueError naming the modality and both numbers; ``where`` names
+    the config section in it. The option is added only where the data differs from the encoder's
+    default, so the options (and the cache keys built from them) of configs that already worked
+    do not change.
+    """
+    out = dict(options)
+    have = data_channels(modality, shape)
+    if have is None or name not in TAKES_IN_CHANNELS or (name == "compact" and modality_kind(modality) == "boxes"):
+        return out
+    flow_like = name == "flow" or (name == "compact" and modality_kind(modality) == "flow")
+    if "in_channels" in out:
+        given, what = int(out["in_channels"]), "in_channels"
+    elif flow_like and "stack" in out:
+        given, what = 2 * int(out["stack"]), f"stack {out['stack']} (= {2 * int(out['stack'])} channels)"
+    else:
+        if have != default_in_channels(name, modality, out):
+            out["in_channels"] = have
+        return out
+    if given != have:
+        raise ValueError(f"{where}.{modality}: {what} is {given} but the data's {modality} input has {have} "
+                         f"channels (per-sample shape {list(shape or ())}); drop in_channels to take it from "
+                         "the data, or change the reader options")
+    return out
+
+
 def build_encoder(name: str, modality: str, freeze: bool = False, **options: Any) -> Encoder:
-    """Build a registered encoder by name; ``freeze`` freezes it whatever its own options say."""
+    """Build a registered encoder by name; ``freeze`` freezes it whatever its own options say.
+
+    ``modality`` may be a named one (``imu:acc``): the encoder is built for its kind and keeps the
+    full name as its ``modality`` (error messages then say which sensor)."""
     enc = ENCODERS.build(name, modality=modality, **options)
     if freeze and not enc.frozen:
         enc.freeze()

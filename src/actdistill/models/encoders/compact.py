@@ -24,6 +24,7 @@ from actdistill.models.encoders.base import (
     check_pool,
     fold_frames,
     grid_tokens,
+    modality_kind,
 )
 
 SIZES = ("tiny", "student", "teacher")
@@ -156,9 +157,9 @@ class FrameCNN(Encoder):
     ) -> None:
         super().__init__()
         if in_channels is None:
-            if modality not in DEFAULT_CHANNELS:
+            if modality_kind(modality) not in DEFAULT_CHANNELS:
                 raise ValueError(f"give in_channels for modality {modality!r}")
-            in_channels = DEFAULT_CHANNELS[modality]
+            in_channels = DEFAULT_CHANNELS[modality_kind(modality)]
         pw, pb = _preset(presets, size, "frame")
         widths = tuple(widths) if widths is not None else pw
         blocks = blocks if blocks is not None else pb
@@ -188,7 +189,7 @@ class FrameCNN(Encoder):
         frames, b, t = fold_frames(x, 3)
         if frames.shape[1] != self.in_channels:
             hint = (" (flow stacks of k frames have 2k channels: set the encoder's in_channels, or use the"
-                    " `flow` encoder with stack: k)" if self.modality == "flow" else
+                    " `flow` encoder with stack: k)" if modality_kind(self.modality) == "flow" else
                     " (set the encoder's in_channels)")
             raise ValueError(f"{self.modality} encoder expects {self.in_channels} channels, "
                              f"got {frames.shape[1]}{hint}")
@@ -304,6 +305,8 @@ class IMUEncoder(Encoder):
     """IMU windows ``[B, T, C, L]`` (one window per sampled frame) -> one token per frame.
 
     A strided 1D conv stack over each window, global average pooled, then temporal mixing.
+    ``in_channels`` is the number of CSV columns the reader returns (default 6: accelerometer +
+    gyroscope); the KARMMA pipeline sets it from the data when the config leaves it out.
     """
 
     def __init__(
@@ -345,7 +348,8 @@ class IMUEncoder(Encoder):
     def encode(self, x: Tensor) -> Tensor:
         win, b, t = fold_frames(x, 2)
         if win.shape[1] != self.in_channels:
-            raise ValueError(f"imu encoder expects {self.in_channels} channels, got {win.shape[1]}")
+            raise ValueError(f"{self.modality} encoder expects {self.in_channels} channels, got {win.shape[1]} "
+                             "(leave the encoder's in_channels unset and the pipeline takes it from the data)")
         tok = self.proj(self.backbone(win).mean(-1)).reshape(b, t, self.out_dim)
         return self.temporal(tok, t)
 
@@ -363,8 +367,9 @@ COMPACT_FOR_MODALITY = {
 
 @ENCODERS.register("compact")
 def compact_encoder(modality: str, **options: Any) -> Encoder:
-    """The built-in encoder for ``modality`` (see ``COMPACT_FOR_MODALITY``), so configs can say
-    ``name: compact, size: student`` for every modality alike."""
-    if modality not in COMPACT_FOR_MODALITY:
+    """The built-in encoder for ``modality``'s kind (see ``COMPACT_FOR_MODALITY``; ``imu:acc`` gets
+    the ``imu`` one), so configs can say ``name: compact, size: student`` for every modality alike."""
+    kind = modality_kind(modality)
+    if kind not in COMPACT_FOR_MODALITY:
         raise ValueError(f"no built-in encoder for modality {modality!r}")
-    return ENCODERS.build(COMPACT_FOR_MODALITY[modality], modality=modality, **options)
+    return ENCODERS.build(COMPACT_FOR_MODALITY[kind], modality=modality, **options)
