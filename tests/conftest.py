@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -89,3 +94,24 @@ def make_epic(root: Path, rows_per_video: int = 3, depth: bool = False) -> Path:
 @pytest.fixture
 def epic_root(tmp_path: Path) -> Path:
     return make_epic(tmp_path / "epic")
+
+
+@contextlib.contextmanager
+def read_only_dir(path: Path) -> Iterator[str]:
+    """Make ``path`` unwritable for this process; yields how: ``"mode"`` (chmod 0o555) or, where
+    the mode bits do not stop the user (root), ``"immutable"`` (``chattr +i``: the OS answers
+    EPERM instead of EACCES). Skips the test where neither works."""
+    path.chmod(0o555)
+    how = "mode"
+    if os.access(path, os.W_OK):  # root ignores the mode bits
+        path.chmod(0o755)
+        tool = shutil.which("chattr")
+        if tool is None or subprocess.run([tool, "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("cannot make a folder read-only for this user (root without chattr)")
+        how = "immutable"
+    try:
+        yield how
+    finally:
+        if how == "immutable":
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        path.chmod(0o755)

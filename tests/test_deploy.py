@@ -108,7 +108,7 @@ def test_predict_a_sample_folder_with_one_entry_per_modality(run: tuple[Path, Pa
 
 def test_export_out_that_is_a_file_or_read_only(run: tuple[Path, Path], tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    import os
+    from tests.conftest import read_only_dir
 
     run_dir, _ = run
     target = tmp_path / "deploy"
@@ -118,14 +118,9 @@ def test_export_out_that_is_a_file_or_read_only(run: tuple[Path, Path], tmp_path
     assert err == f"actdistill: error: {target}: output folder (--out) is an existing file, not a folder"
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as a user whom chmod does not stop from writing (root)")
+    with read_only_dir(ro):
         assert main(["export", "onnx", str(run_dir), "--out", str(ro)]) == 2
-        assert f"{ro}: output folder (--out) is not writable" in capsys.readouterr().err
-    finally:
-        ro.chmod(0o755)
+    assert capsys.readouterr().err.strip() == f"actdistill: error: {ro}: output folder (--out) is not writable"
 
 
 def test_recognizer_errors(run: tuple[Path, Path], tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ is trained here), so the whole module takes about a second.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,9 @@ from actdistill.cli import main
 from actdistill.config import to_dict
 from actdistill.engine.fewshot import FewShotConfig
 from actdistill.rundir import save_config
+from tests.conftest import read_only_dir
+
+DENIED = {"mode": "permission denied", "immutable": "operation not permitted"}  # EACCES, EPERM
 
 
 def _fewshot_run(tmp_path: Path) -> Path:
@@ -40,13 +41,6 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> str:
     for w in words:
         assert w in err, (w, err)
     return err
-
-
-def _read_only(path: Path) -> None:
-    path.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
-    if os.access(path, os.W_OK):  # root ignores the mode bits
-        path.chmod(0o755)
-        pytest.skip("running as a user whom chmod does not stop from writing (root)")
 
 
 @pytest.mark.parametrize("argv", [
@@ -110,22 +104,16 @@ def test_out_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_read_only_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "runs"
     out.mkdir()
-    _read_only(out)
-    try:
+    with read_only_dir(out) as how:
         assert main(["fewshot", "train", str(_experiment(tmp_path, out_dir=str(out)))]) == 2
-    finally:
-        out.chmod(0o755)
-    _one_line_error(capsys, str(out), "permission denied")
+    _one_line_error(capsys, str(out), DENIED[how])
 
 
 def test_read_only_run_dir_for_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _fewshot_run(tmp_path)
-    _read_only(run)
-    try:
+    with read_only_dir(run) as how:
         assert main(["fewshot", "eval", str(run)]) == 2
-    finally:
-        run.chmod(0o755)
-    _one_line_error(capsys, str(run / "eval-"), "permission denied")
+    _one_line_error(capsys, str(run / "eval-"), DENIED[how])
 
 
 def test_path_error_leaves_other_os_errors_alone() -> None:
