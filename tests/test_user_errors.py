@@ -125,3 +125,13 @@ def test_path_error_leaves_other_os_errors_alone() -> None:
     assert path_error(PermissionError(errno.EACCES, "Permission denied")) is None  # no path to name
     assert path_error(PermissionError(errno.EACCES, "Permission denied", "/d/.summary.json.ab12.tmp")) == \
         "/d: permission denied (not writable by you)"
+
+
+def test_unknown_reader_option_is_named_before_anything_runs(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "karmma" / "synthetic.yaml"
+    argv = ["karmma", "train", str(cfg), f"data.root={tmp_path / 'data'}", f"run.out_dir={tmp_path / 'runs'}",
+            "data.readers.audio.fooo=1"]
+    assert main(argv) == 2
+    _one_line_error(capsys, "data.readers.audio.fooo", "unknown option of the audio reader", "n_mels")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()  # refused before any work

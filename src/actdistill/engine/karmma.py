@@ -220,7 +220,7 @@ def validate(cfg: KarmmaConfig) -> None:
     import actdistill.data.modalities  # noqa: F401  (registers the readers)
     from actdistill.data.dataset import ON_ERROR
     from actdistill.data.datasets import DATASETS
-    from actdistill.data.modalities.base import READERS
+    from actdistill.data.modalities.base import READERS, check_reader_options
     from actdistill.data.sampling import SAMPLING_MODES
     from actdistill.engine.clips import CLIP_MODES
     from actdistill.engine.trainer import PRECISIONS
@@ -234,6 +234,9 @@ def validate(cfg: KarmmaConfig) -> None:
     unknown = [m for m in mods if m.partition(":")[0] not in READERS or m.endswith(":")]
     _require(not unknown, "data.modalities", f"no reader for {unknown}; known: {', '.join(READERS.names())}, "
              "or a named modality <kind>:<name> of one of them (imu:acc)")
+    for m, opts in d.readers.items():  # an option the reader does not take: named now, not at decode time
+        if m.partition(":")[0] in READERS:
+            check_reader_options(m, opts)
     _require(d.dataset in DATASETS, "data.dataset",
              f"unknown dataset {d.dataset!r}; known: {', '.join(DATASETS.names())}")
     _one_of(d.on_error, "data.on_error", ON_ERROR)

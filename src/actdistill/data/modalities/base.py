@@ -60,7 +60,32 @@ def build_reader(name: str, options: Mapping[str, Any] | None = None) -> Modalit
     """The reader of modality ``name`` (its kind's reader class) with ``options``."""
     import actdistill.data.modalities  # noqa: F401  (registers the readers)
 
-    return READERS.build(modality_kind(name), **dict(options or {}))
+    kind = modality_kind(name)
+    opts = dict(options or {})
+    check_reader_options(name, opts)
+    return READERS.build(kind, **opts)
+
+
+def check_reader_options(name: str, options: Mapping[str, Any], where: str = "data.readers") -> None:
+    """A ``ConfigError`` naming ``<where>.<name>.<option>`` and the reader's options when ``options``
+    holds one its kind's reader does not take, instead of a ``TypeError`` from its constructor;
+    cheap, so jobs check every modality at start, before anything is decoded or trained."""
+    import inspect
+
+    import actdistill.data.modalities  # noqa: F401  (registers the readers)
+    from actdistill.config import ConfigError
+
+    kind = modality_kind(name)
+    if kind not in READERS:
+        raise ConfigError(f"modality {name!r}: no reader for kind {kind!r}; known: {', '.join(READERS.names())}")
+    params = inspect.signature(READERS.get(kind)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [p for p in params if p != "self"]
+    for key in options:
+        if key not in known:
+            raise ConfigError(f"{where}.{name}.{key}: unknown option of the {kind} reader; "
+                              f"it takes {', '.join(known) or 'no options'}")
 
 
 class ModalityReader(ABC):
