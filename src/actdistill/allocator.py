@@ -5,7 +5,7 @@ threshold (128 KiB, raised on the fly up to 32 MiB) with a fresh ``mmap`` and un
 ``free``, so the activations of each training step are page-faulted and zeroed anew: the KARMMA
 demo took 42 million minor page faults. Serving blocks up to :data:`MMAP_THRESHOLD` from the
 heap and trimming the heap only beyond :data:`TRIM_THRESHOLD` lets the next step reuse the same
-pages (about 8x fewer faults and 5-15% less time per training step on a 2-core VM; measured in
+pages (12x fewer faults and 0.88x the time of a row's training epochs on a 2-core VM; measured in
 docs/benchmarks.md). This is what PyTorch's CPU tuning guide gets from preloading jemalloc or
 tcmalloc, without a library to install or an ``LD_PRELOAD`` to set before the process starts.
 

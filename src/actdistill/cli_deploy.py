@@ -69,6 +69,7 @@ BENCHMARKS = {
     "otam": ("actdistill.bench.otam", "vectorised OTAM vs the double loop"),
     "fewshot": ("actdistill.bench.fewshot_eval", "few-shot evaluation on cached features vs per-episode encoding"),
     "scale": ("actdistill.bench.scale", "KARMMA peak memory on small vs medium data; streaming vs in-memory speed"),
+    "allocator": ("actdistill.bench.allocator", "one row's training time and page faults: glibc defaults vs ours"),
 }
 
 
