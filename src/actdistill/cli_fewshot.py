@@ -25,7 +25,6 @@ run: {name: fewshot-demo, seed: 0}
 data:
   dataset: fewshot
   root: data/synthetic_fewshot
-  annotations: data/synthetic_fewshot/splits
   modalities: [rgb]
   options: {benchmark: ssv2_small}
   sampling: {mode: uniform, num_frames: 8, test_views: 1, max_pad: 5}

@@ -82,8 +82,7 @@ def _fewshot_data() -> DataConfig:
     """The synthetic few-shot dataset read through the ``fewshot`` adapter, as a real benchmark is."""
     return DataConfig(
         dataset="fewshot",
-        root="data/synthetic_fewshot",
-        annotations="data/synthetic_fewshot/splits",
+        root="data/synthetic_fewshot",  # split files in <root>/splits (data.annotations unset)
         modalities=["rgb"],
         train_split="train",
         val_split="val",

@@ -152,7 +152,7 @@ def _resolve(root: Path, cls: str, video: str) -> Path | None:
 
 def load_fewshot_split(
     root: str | Path,
-    split_dir: str | Path,
+    split_dir: str | Path | None = None,
     split: str = "train",
     split_id: int = 1,
     benchmark: str = "custom",
@@ -175,7 +175,11 @@ def load_fewshot_split(
     ``check_media=False`` reads the split file alone: every listed video is kept, its source is
     the class-folder path, unverified, with ``min_frames`` frames assumed. Why: ``actdistill
     fewshot plan`` sizes a run before the videos are on disk; nothing may decode such an index.
+    ``split_dir`` (``data.annotations``): the folder of split files; default ``<root>/splits``,
+    where the synthetic generator writes them, so that moving ``data.root`` moves the splits too.
     """
+    if split_dir is None:
+        split_dir = Path(root) / "splits"
     if benchmark not in BENCHMARKS:
         raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {benchmark!r}")
     if split == "validation":
