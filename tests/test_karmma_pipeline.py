@@ -72,7 +72,8 @@ def test_pipeline_end_to_end_and_resume(tiny_root: Path, tmp_path: Path) -> None
     assert len(on_disk["student"]["metrics"]["subsets"]["rgb"]["ci95"]) == 2
     assert "95% Wilson intervals" in (run_dir / "report.md").read_text()
     for name in ("report.md", "drop_curve.png", "subset_accuracy.png", "accuracy_vs_gflops.png",
-                 "predictions_student.csv", "teacher.safetensors", "student.safetensors", "run_info.json"):
+                 "predictions_student.csv", "teacher.safetensors", "student.safetensors", "run_info.json",
+                 "reliability.png", "per_class_verb.png", "per_class_noun.png", "calibration.json", "per_class.json"):
         assert (run_dir / name).exists(), name
     # a second run over the same run directory resumes every stage from its checkpoint and reuses caches
     again = run_karmma(cfg, run_dir)

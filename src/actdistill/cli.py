@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from actdistill.cli_deploy import add_bench_parser, add_deploy_parsers
 from actdistill.cli_fewshot import add_fewshot_parser
@@ -91,6 +92,23 @@ def _add_karmma(sub: argparse._SubParsersAction) -> None:
                         "estimated peak memory per process. Nothing is decoded, trained or written.")
     add_plan_arguments(s, "configs/karmma/epic_kitchens_100.yaml")
     s.set_defaults(func=cmd_karmma_plan)
+
+    s = ksub.add_parser("submit", help="write a split's predictions in the benchmark's official format",
+                        description="Run a trained row of RUN over a split (the run's data, sampling and test "
+                        "views; logits averaged over the views) and write the official file: the EPIC-KITCHENS-100 "
+                        "action recognition challenge JSON (datasets epic_kitchens_100 and synthetic; a .zip OUT "
+                        "holds test.json, as the server takes it) or the Something-Something v2 predictions file "
+                        "(`id;label1;...;label5`). On a labelled split the written file is scored and the official "
+                        "metrics printed. See docs/karmma.md, 'Official formats'.")
+    s.add_argument("run", help="run directory (actdistill karmma train / demo)")
+    s.add_argument("--split", default="test", help="split to predict (default: test)")
+    s.add_argument("--out", required=True, help="output file (.json or .zip for EPIC, .csv for SSv2)")
+    s.add_argument("--row", default="student", help="row to run (default: student)")
+    s.add_argument("--modalities", help="comma-separated modalities the row may use (default: all of the run's)")
+    for key, default, what in (("pt", 2, "pretraining"), ("tl", 3, "training labels"), ("td", 4, "training data")):
+        s.add_argument(f"--sls-{key}", type=int, default=default, choices=range(6), metavar="0..5",
+                       help=f"EPIC Supervision Levels Scale, {what} (default: {default}, as the official script)")
+    s.set_defaults(func=cmd_karmma_submit)
 
     p = sub.add_parser("extract", help="decode clips and cache the frozen teacher's tokens (one shard of them)",
                        description="The KARMMA caching stages on their own: decode the fixed views of the train "
@@ -252,6 +270,85 @@ def cmd_karmma_plan(args: argparse.Namespace) -> int:
     experiment, overrides = _split_experiment(args.experiment, args.overrides)
     plan = plan_karmma(build_config(KarmmaConfig, experiment, overrides), args.check_media, args.tflops)
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan), end="\n" if args.json else "")
+    return 0
+
+
+EPIC_LAYOUT = ("epic_kitchens_100", "synthetic")  # datasets whose results go in the EPIC challenge JSON
+
+
+def split_logits(rec: Any, split: str, modalities: Sequence[str] | None) -> tuple[Any, list[str], dict[str, Any]]:
+    """The index of ``split`` and the logits of ``rec``'s row on its decodable samples (their uids,
+    in order), averaged over the test views.
+
+    Why this path and not ``Recognizer.predict`` per video: a submission must be computed as the
+    reported numbers were, from the same index, clip cache, loader and test views as the KARMMA
+    evaluation, with the presence mask restricted to ``modalities`` as its subset protocol does."""
+    import dataclasses
+
+    import torch
+
+    from actdistill.data.builder import load_index
+    from actdistill.engine.clips import eval_loader, load_clips
+
+    want = list(rec.modalities if modalities is None else modalities)
+    unknown = [m for m in want if m not in rec.modalities]
+    if unknown or not want:
+        raise ValueError(f"--modalities must name some of the run's modalities {list(rec.modalities)}, got {want}")
+    mask = torch.tensor([m in want for m in rec.modalities])
+    cfg = rec.cfg
+    data = dataclasses.replace(cfg.data, test_split=split)
+    index = load_index(data, split)
+    c = cfg.cache
+    clips = load_clips(data, split, False, data.sampling.test_views, c.root, index, progress=False,
+                       in_memory_mb=c.in_memory_mb, chunk=c.chunk, mode=c.clips, max_disk_gb=c.clips_max_gb)
+    uids: list[str] = []
+    parts: list[dict[str, torch.Tensor]] = []
+    rec.model.eval()
+    with torch.no_grad():
+        for b in eval_loader(clips, cfg.eval.batch_size, data.num_workers):
+            present = b["present"] & mask
+            if not bool(present.any(1).all()):
+                raise ValueError(f"some samples of {split!r} have none of {want} (first: "
+                                 f"{b['uid'][int((~present.any(1)).nonzero()[0])]}); a submission needs every sample")
+            outs = [rec.model({m: x.to(rec.device) for m, x in view.items()}, present.to(rec.device))["logits"]
+                    for view in b["views"]]
+            parts.append({t: torch.stack([o[t] for o in outs]).mean(0).cpu() for t in outs[0]})
+            uids.extend(b["uid"])
+    if clips.skipped:
+        print(f"actdistill: warning: {clips.skipped} samples of {split!r} could not be decoded and are not in the "
+              f"file (first: {clips.skipped_uids[:1]}); the server expects every sample", file=sys.stderr)
+    return index, uids, {t: torch.cat([p[t] for p in parts]) for t in parts[0]}
+
+
+def cmd_karmma_submit(args: argparse.Namespace) -> int:
+    from actdistill.deploy.recognizer import Recognizer
+    from actdistill.evaluation import official
+
+    rec = Recognizer.from_run(args.run, row=args.row)
+    dataset = rec.cfg.data.dataset
+    if dataset not in (*EPIC_LAYOUT, "ssv2"):
+        raise ValueError(f"no official submission format for dataset {dataset!r} (known: {(*EPIC_LAYOUT, 'ssv2')})")
+    mods = [m for m in args.modalities.split(",") if m] if args.modalities else None
+    index, uids, logits = split_logits(rec, args.split, mods)
+    segments = {s.uid: s for s in index.segments}
+    done = [segments[u] for u in uids]
+    report: dict[str, Any] = {"out": args.out, "dataset": dataset, "split": args.split, "row": args.row,
+                              "samples": len(uids)}
+    if dataset in EPIC_LAYOUT:
+        if not {"verb", "noun"} <= set(logits):
+            raise ValueError(f"the {args.row} row predicts {sorted(logits)}, the EPIC challenge needs verb and noun")
+        sub = official.epic_submission(uids, logits["verb"], logits["noun"], args.sls_pt, args.sls_tl, args.sls_td)
+        path = official.write_epic_submission(args.out, sub)
+        if all(s.labels.get("verb", -1) >= 0 and s.labels.get("noun", -1) >= 0 for s in done):
+            report["metrics"] = official.score_epic_submission(path, official.EpicGroundTruth.from_segments(done))
+    else:
+        import torch
+
+        path = official.write_ssv2_predictions(args.out, uids, logits["class"], rec.classes["class"])
+        labels = torch.tensor([s.labels.get("class", -1) for s in done])
+        if bool((labels >= 0).all()):
+            report["metrics"] = official.score_ssv2_predictions(path, uids, labels, rec.classes["class"])
+    print(json.dumps(report, indent=2))
     return 0
 
 

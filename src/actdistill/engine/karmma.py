@@ -928,6 +928,7 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
         plot_accuracy_vs_gflops,
         plot_drop_curves,
         plot_subset_accuracy,
+        write_class_views,
         write_predictions_csv,
     )
     from actdistill.rundir import write_json
@@ -988,6 +989,7 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
         pts = {n: [(s["efficiency"][k]["gflops"], s["subsets"][k], k) for k in s["subsets"] if k in s["efficiency"]]
                for n, s in summary.items()}
         plot_accuracy_vs_gflops(run_dir / "accuracy_vs_gflops.png", pts)
+    views = write_class_views(run_dir, {n: r["full"] for n, r in results.items() if "full" in r}, pipe.classes)
     pipe.timings["total"] = time.perf_counter() - t_start
     targets = check_targets(summary, pipe.modalities)
     write_json(run_dir / "run_info.json", {"timings_s": pipe.timings, "targets": targets, "heads": pipe.heads,
@@ -996,7 +998,7 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
                                            "skipped": pipe.train_split.skipped,
                                            "skipped_test": pipe.test_split.skipped,
                                            "problems": len(pipe.data_record["problems"])})
-    (run_dir / "report.md").write_text(render_report(summary, pipe.modalities, rates, targets, pipe.timings))
+    (run_dir / "report.md").write_text(render_report(summary, pipe.modalities, rates, targets, pipe.timings, views))
     return summary
 
 
@@ -1024,8 +1026,12 @@ def check_targets(summary: dict[str, Any], modalities: tuple[str, ...]) -> dict[
 
 
 def render_report(summary: dict[str, Any], modalities: tuple[str, ...], rates: list[float],
-                  targets: dict[str, Any], timings: dict[str, float]) -> str:
-    from actdistill.evaluation.report import markdown_table
+                  targets: dict[str, Any], timings: dict[str, float],
+                  views: tuple[dict[str, Any], dict[str, Any]] | None = None) -> str:
+    """report.md. ``views``: (calibration, per-class) from
+    :func:`~actdistill.evaluation.report.write_class_views`, summarised so a reader sees ECE and the
+    student's weakest classes before trusting it."""
+    from actdistill.evaluation.report import class_views_markdown, markdown_table
 
     rows = list(summary)
     subsets = list(next(iter(summary.values()))["subsets"])
@@ -1060,5 +1066,7 @@ def render_report(summary: dict[str, Any], modalities: tuple[str, ...], rates: l
                                     [[k, json.dumps({a: round(b, 3) if isinstance(b, float) else b
                                                      for a, b in v.items() if a != "ok"}), v["ok"]]
                                      for k, v in targets.items()]))
+    if views is not None:
+        lines += class_views_markdown(*views)
     lines += ["", "Stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), ""]
     return "\n".join(lines)
