@@ -161,6 +161,8 @@ def plot_per_class(path: str | Path, per_class: Mapping[str, Sequence[Mapping[st
         ys = list(range(len(shown)))
         ax.barh(ys, [c["top1"] for c in shown], color=["tab:red" if i < k and len(tested) > 2 * k else "tab:blue"
                                                          for i in ys])
+        for y, c in zip(ys, shown):  # the value beside each bar, so a 0% class is not an empty row
+            ax.text(c["top1"] + 1, y, f"{c['top1']:.0f}", va="center", fontsize=5)
         ax.set_yticks(ys)
         ax.set_yticklabels([f"{c['name']} ({c['samples']})" for c in shown], fontsize=6)
         ax.invert_yaxis()
