@@ -125,3 +125,23 @@ def test_write_class_views_writes_plots_json_and_report_lines(tmp_path: Path) ->
     for row in ("teacher", "student"):
         assert f"| {row} | {calibration[row]['verb']['ece']:.3f} | {calibration[row]['noun']['ece']:.3f} |" in text
     assert "nan" not in text.lower() and not math.isnan(calibration["student"]["verb"]["ece"])
+
+
+def test_efficiency_ratios_are_measurements_against_the_teacher_not_targets() -> None:
+    from actdistill.engine.karmma import efficiency_ratios, render_report
+
+    full = "rgb+audio"
+    eff = {"teacher": {"gflops": 2.0, "params": 4e6, "peak_mem_mb": 20.0, "latency_ms": 30.0, "throughput": 1.0},
+           "student": {"gflops": 0.5, "params": 1e6, "peak_mem_mb": 0.0, "latency_ms": 6.0, "throughput": 9.0}}
+    summary = {name: {"subsets": {full: 90.0}, "drop_curve": [90.0, 50.0], "auc": 70.0,
+                      "worst_subset": {"subset": full, "accuracy": 90.0}, "efficiency": {full: e}}
+               for name, e in eff.items()}
+    ratios = efficiency_ratios(summary, ("rgb", "audio"))
+    assert ratios == {"student": {"gflops_ratio": 0.25, "params_ratio": 0.25, "peak_mem_ratio": 0.0,
+                                  "latency_speedup": 5.0}}
+    summary["teacher"]["efficiency"] = {}
+    assert efficiency_ratios(summary, ("rgb", "audio")) == {}  # nothing to compare against
+    summary["teacher"]["efficiency"] = {full: eff["teacher"]}
+    text = render_report(summary, ("rgb", "audio"), [0.0, 0.9], ratios, {"total": 1.0})
+    assert "Cost against the teacher" in text and "| student | 0.25 | 0.25 | 0.00 | 5.00 |" in text
+    assert "Targets" not in text and "met" not in text

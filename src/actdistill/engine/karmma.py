@@ -991,44 +991,44 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
         plot_accuracy_vs_gflops(run_dir / "accuracy_vs_gflops.png", pts)
     views = write_class_views(run_dir, {n: r["full"] for n, r in results.items() if "full" in r}, pipe.classes)
     pipe.timings["total"] = time.perf_counter() - t_start
-    targets = check_targets(summary, pipe.modalities)
-    write_json(run_dir / "run_info.json", {"timings_s": pipe.timings, "targets": targets, "heads": pipe.heads,
+    ratios = efficiency_ratios(summary, pipe.modalities)
+    write_json(run_dir / "run_info.json", {"timings_s": pipe.timings, "efficiency_ratios": ratios, "heads": pipe.heads,
                                            "train_clips": len(pipe.train_split),
                                            "test_clips": len(pipe.test_split),
                                            "skipped": pipe.train_split.skipped,
                                            "skipped_test": pipe.test_split.skipped,
                                            "problems": len(pipe.data_record["problems"])})
-    (run_dir / "report.md").write_text(render_report(summary, pipe.modalities, rates, targets, pipe.timings, views))
+    (run_dir / "report.md").write_text(render_report(summary, pipe.modalities, rates, ratios, pipe.timings, views))
     return summary
 
 
-def check_targets(summary: dict[str, Any], modalities: tuple[str, ...]) -> dict[str, Any]:
-    """The demo's acceptance targets, evaluated on the measured numbers."""
+def efficiency_ratios(summary: dict[str, Any], modalities: tuple[str, ...]) -> dict[str, Any]:
+    """Each row's cost against the teacher's on the full input, as measurements: GFLOPs, parameter
+    and activation-memory ratios, and the latency speedup (teacher latency / row latency).
+
+    Why no pass/fail: a run reports what it measured; thresholds chosen for one dataset (the
+    demo's former "targets") do not grade a run on another, and accuracy comparisons between rows
+    need their intervals (docs/karmma.md), not a boolean."""
     full = subset_name(modalities)
+    teacher = summary.get("teacher", {}).get("efficiency", {}).get(full)
+    if not teacher:
+        return {}
     out: dict[str, Any] = {}
-    if {"student", "baseline"} <= set(summary):
-        s, b = summary["student"]["subsets"][full], summary["baseline"]["subsets"][full]
-        out["student_full_ge_baseline"] = {"student": s, "baseline": b, "ok": s >= b}
-    if "student" in summary:
-        c = summary["student"]["drop_curve"]
-        kept = c[-1] / c[0] if c[0] > 0 else 0.0
-        out["student_p09_keeps_70pct"] = {"p0": c[0], "p09": c[-1], "ratio": kept, "ok": kept >= 0.7}
-    if {"student", "baseline_delta"} <= set(summary):
-        s, d = summary["student"]["drop_curve"][-1], summary["baseline_delta"]["drop_curve"][-1]
-        out["student_p09_beats_baseline_delta"] = {"student": s, "baseline_delta": d, "ok": s > d}
-    if {"student", "teacher"} <= set(summary) and summary["student"]["efficiency"]:
-        st, te = summary["student"]["efficiency"][full], summary["teacher"]["efficiency"][full]
-        g = st["gflops"] / te["gflops"]
-        lat = te["latency_ms"] / st["latency_ms"]
-        out["student_gflops_le_025x"] = {"ratio": g, "ok": g <= 0.25}
-        out["student_latency_ge_4x_lower"] = {"speedup": lat, "ok": lat >= 4.0}
+    for name, res in summary.items():
+        row = res.get("efficiency", {}).get(full)
+        if name == "teacher" or not row:
+            continue
+        out[name] = {"gflops_ratio": row["gflops"] / teacher["gflops"],
+                     "params_ratio": row["params"] / teacher["params"],
+                     "peak_mem_ratio": row["peak_mem_mb"] / teacher["peak_mem_mb"] if teacher["peak_mem_mb"] else None,
+                     "latency_speedup": teacher["latency_ms"] / row["latency_ms"]}
     return out
 
 
 def render_report(summary: dict[str, Any], modalities: tuple[str, ...], rates: list[float],
-                  targets: dict[str, Any], timings: dict[str, float],
+                  ratios: dict[str, Any], timings: dict[str, float],
                   views: tuple[dict[str, Any], dict[str, Any]] | None = None) -> str:
-    """report.md. ``views``: (calibration, per-class) from
+    """report.md. ``ratios``: :func:`efficiency_ratios`. ``views``: (calibration, per-class) from
     :func:`~actdistill.evaluation.report.write_class_views`, summarised so a reader sees ECE and the
     student's weakest classes before trusting it."""
     from actdistill.evaluation.report import class_views_markdown, markdown_table
@@ -1060,12 +1060,12 @@ def render_report(summary: dict[str, Any], modalities: tuple[str, ...], rates: l
             [[r, summary[r]["efficiency"][full]["params"] / 1e6, summary[r]["efficiency"][full]["gflops"],
               summary[r]["efficiency"][full]["peak_mem_mb"], summary[r]["efficiency"][full]["latency_ms"],
               summary[r]["efficiency"][full]["throughput"]] for r in rows]))
-    if targets:
-        lines += ["", "Targets:", ""]
-        lines.append(markdown_table(["target", "measured", "met"],
-                                    [[k, json.dumps({a: round(b, 3) if isinstance(b, float) else b
-                                                     for a, b in v.items() if a != "ok"}), v["ok"]]
-                                     for k, v in targets.items()]))
+    if ratios:
+        lines += ["", f"Cost against the teacher (full input `{full}`, measured on this machine; ratios, not "
+                  "pass/fail):", ""]
+        lines.append(markdown_table(["row", "GFLOPs ratio", "params ratio", "peak act. mem ratio", "latency speedup"],
+                                    [[r, v["gflops_ratio"], v["params_ratio"], v["peak_mem_ratio"],
+                                      v["latency_speedup"]] for r, v in ratios.items()]))
     if views is not None:
         lines += class_views_markdown(*views)
     lines += ["", "Stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), ""]
