@@ -166,7 +166,8 @@ def test_plan_synthetic_counts_bytes_and_flops(tiny_synth: Path) -> None:
     per_entry = sum(numel(s) * F16 for s in real.values())
     caches = {c["cache"]: c for c in plan["caches"]}
     assert caches["clips-train"]["bytes"] == per_entry * len(train.segments) * cfg.cache.train_views
-    assert caches["clips-validation"]["bytes"] == per_entry * len(test.segments) * cfg.data.sampling.test_views
+    test_bytes = per_entry * len(test.segments) * cfg.data.sampling.test_views
+    assert caches[f"clips-{cfg.data.test_split}"]["bytes"] == test_bytes
 
     per_token_entry = sum(v["tokens"] * v["dim"] * F16 for v in plan["tokens"].values())
     assert caches["tokens-train"]["bytes"] == per_token_entry * len(train.segments) * cfg.cache.train_views

@@ -432,8 +432,13 @@ def test_sizes_and_plan() -> None:
     small = syn.plan_synthetic_epic(0, "small")
     medium = syn.plan_synthetic_epic(0, "medium")
     n_small = sum(len(p.segments) for p in small)
-    assert 500 <= n_small <= 560  # 300 train + 200 validation + 40 test
-    assert 4 <= sum(len(p.segments) for p in medium) / n_small <= 10
+    assert n_small == 740  # 300 train + 200 validation + 200 held-out + 40 test
+    assert {s: sum(len(p.segments) for p in small if p.split == s) for s in ("train", "validation", "heldout")} == \
+        {"train": 300, "validation": 200, "heldout": 200}
+    # the held-out videos are their own: no video (hence no recording) shared with validation or train
+    by_split = {s: {p.video_id for p in small if p.split == s} for s in ("train", "validation", "heldout", "test")}
+    assert not by_split["heldout"] & (by_split["train"] | by_split["validation"] | by_split["test"])
+    assert 3 <= sum(len(p.segments) for p in medium) / n_small <= 10
     # the plan is per-video deterministic: one video's plan does not depend on the others
     one = syn.plan_video(
         small[3].video_id, small[3].participant_id, small[3].split, small[3].year, 0, "small"

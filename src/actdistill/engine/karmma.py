@@ -998,7 +998,9 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
                                            "skipped": pipe.train_split.skipped,
                                            "skipped_test": pipe.test_split.skipped,
                                            "problems": len(pipe.data_record["problems"])})
-    (run_dir / "report.md").write_text(render_report(summary, pipe.modalities, rates, ratios, pipe.timings, views))
+    where = f"split `{cfg.data.test_split}` of {cfg.data.dataset} ({len(pipe.test_split)} clips)"
+    (run_dir / "report.md").write_text(render_report(summary, pipe.modalities, rates, ratios, pipe.timings, views,
+                                                     where))
     return summary
 
 
@@ -1027,15 +1029,19 @@ def efficiency_ratios(summary: dict[str, Any], modalities: tuple[str, ...]) -> d
 
 def render_report(summary: dict[str, Any], modalities: tuple[str, ...], rates: list[float],
                   ratios: dict[str, Any], timings: dict[str, float],
-                  views: tuple[dict[str, Any], dict[str, Any]] | None = None) -> str:
-    """report.md. ``ratios``: :func:`efficiency_ratios`. ``views``: (calibration, per-class) from
+                  views: tuple[dict[str, Any], dict[str, Any]] | None = None, where: str | None = None) -> str:
+    """report.md. ``ratios``: :func:`efficiency_ratios`. ``where``: the evaluated split, named at the
+    top so that no number is read without the split it comes from. ``views``: (calibration, per-class) from
     :func:`~actdistill.evaluation.report.write_class_views`, summarised so a reader sees ECE and the
     student's weakest classes before trusting it."""
     from actdistill.evaluation.report import class_views_markdown, markdown_table
 
     rows = list(summary)
     subsets = list(next(iter(summary.values()))["subsets"])
-    lines = ["# KARMMA run report", "", "Action top-1 (%) on every modality subset:", ""]
+    lines = ["# KARMMA run report", ""]
+    if where:
+        lines += [f"Every accuracy below is measured on {where}.", ""]
+    lines += ["Action top-1 (%) on every modality subset:", ""]
     lines.append(markdown_table(["subset", *rows], [[s, *[summary[r]["subsets"][s] for r in rows]] for s in subsets]))
     lines += ["", "Dynamic drop-rate curve (action top-1 %, each modality dropped with probability p, "
               "at least one kept):", ""]

@@ -74,7 +74,7 @@ register_dataset(DatasetSpec(
 ))
 register_dataset(DatasetSpec(
     "synthetic", "actdistill.data.datasets.synthetic_loader:load_synthetic",
-    ("train", "validation", "test", "train_star", "val_star"), ("rgb", "flow", "audio", "depth"),
+    ("train", "validation", "heldout", "test", "train_star", "val_star"), ("rgb", "flow", "audio", "depth"),
     "built-in synthetic multimodal dataset in the EPIC-KITCHENS-100 layout (generated if absent)",
 ))
 register_dataset(DatasetSpec(

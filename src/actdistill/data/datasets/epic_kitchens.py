@@ -14,7 +14,9 @@ Media under ``root``::
 RGB frames were extracted at 60 fps for ``PXX_YY`` (2018) videos and 50 fps for ``PXX_1YY``
 (2020); flow is at half the RGB rate for 2018 videos and 1:1 for 2020 ones
 (:func:`actdistill.data.sampling.epic_flow_index`). Splits: ``train``, ``validation``, ``test``
-and the seeded 90/10 "EPIC*" split of train, ``train_star`` / ``val_star``. Action classes are
+and the seeded 90/10 "EPIC*" split of train, ``train_star`` / ``val_star``; ``heldout`` reads an
+``EPIC_100_heldout.csv`` in the validation format, which the official release lacks and the
+synthetic set writes (its labelled held-out split). Action classes are
 the (verb, noun) pairs seen in train, indexed in sorted order, so the index is the same
 whichever split is loaded.
 """
@@ -42,6 +44,7 @@ SPLIT_FILES = {
     "train": "EPIC_100_train.csv",
     "validation": "EPIC_100_validation.csv",
     "test": "EPIC_100_test_timestamps.csv",
+    "heldout": "EPIC_100_heldout.csv",  # not in the official release: the synthetic set's labelled held-out split
     "train_star": "EPIC_100_train.csv",
     "val_star": "EPIC_100_train.csv",
 }
@@ -270,7 +273,7 @@ def load_epic_kitchens(
     action_index = {pair: i for i, pair in enumerate(actions)}
     tail_verbs = {int(v) for v in _read_id_column(ann / "EPIC_100_tail_verbs.csv", "verb") if v.isdigit()}
     tail_nouns = {int(v) for v in _read_id_column(ann / "EPIC_100_tail_nouns.csv", "noun") if v.isdigit()}
-    unseen_file = "EPIC_100_unseen_participant_ids_test.csv" if split == "test" else (
+    unseen_file = f"EPIC_100_unseen_participant_ids_{split}.csv" if split in ("test", "heldout") else (
         "EPIC_100_unseen_participant_ids_validation.csv"
     )
     unseen = _read_id_column(ann / unseen_file, "participant_id")

@@ -67,7 +67,7 @@ from tqdm.auto import tqdm
 from actdistill.data.datasets._generated import prepare_output
 
 GENERATOR = "actdistill.synthetic_epic"
-GENERATOR_VERSION = 6  # bump whenever the bytes written for a (seed, size) change
+GENERATOR_VERSION = 7  # bump whenever the bytes written for a (seed, size) change
 META_FILE = "synth_meta.json"
 # Written first and removed after META_FILE: proves a half-written folder is ours to clear.
 MARKER_FILE = ".synth_incomplete.json"
@@ -180,11 +180,13 @@ NOUNS: tuple[NounSpec, ...] = (
 )
 
 # Sizes. Videos are split per participant (as in EPIC): ``train_videos`` per training participant,
-# ``val_seen``/``test_seen`` extra videos of training participants, ``*_unseen`` videos of one new
-# participant each. Every video holds ``segments_per_video`` actions.
+# ``val_seen``/``test_seen``/``heldout_seen`` extra videos of training participants, ``*_unseen`` videos of
+# one new participant each. Every video holds ``segments_per_video`` actions. ``heldout`` is a labelled
+# split that EPIC does not have (its test labels are private): settings are tuned on ``validation``
+# and results reported on ``heldout``, so that no reported number comes from the split it was tuned on.
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {
-        "description": "for unit tests only: 5 videos, 15 segments, about 1 s to generate",
+        "description": "for unit tests only: 6 videos, 18 segments, about 1 s to generate",
         "verbs": 6,
         "nouns": 8,
         "train_participants": 1,
@@ -193,10 +195,12 @@ SIZES: dict[str, dict[str, Any]] = {
         "val_unseen": 1,
         "test_seen": 0,
         "test_unseen": 1,
+        "heldout_seen": 0,
+        "heldout_unseen": 1,
         "segments_per_video": 3,
     },
     "small": {
-        "description": "embedded default: 300 train / 200 validation / 40 test segments, 27 videos",
+        "description": "embedded default: 300 train / 200 validation / 200 held-out / 40 test segments, 37 videos",
         "verbs": 6,
         "nouns": 8,
         "train_participants": 3,
@@ -205,10 +209,13 @@ SIZES: dict[str, dict[str, Any]] = {
         "val_unseen": 5,
         "test_seen": 1,
         "test_unseen": 1,
+        "heldout_seen": 5,
+        "heldout_unseen": 5,
         "segments_per_video": 20,
     },
     "medium": {
-        "description": "about 4x small: 1800 train / 300 validation / 210 test segments, 8 verbs, 12 nouns",
+        "description": "about 4x small: 1800 train / 300 validation / 300 held-out / 210 test segments, 8 verbs, "
+                       "12 nouns",
         "verbs": 8,
         "nouns": 12,
         "train_participants": 6,
@@ -217,6 +224,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "val_unseen": 4,
         "test_seen": 3,
         "test_unseen": 4,
+        "heldout_seen": 6,
+        "heldout_unseen": 4,
         "segments_per_video": 30,
     },
 }
@@ -263,7 +272,7 @@ class VideoPlan:
 
     video_id: str
     participant_id: str
-    split: str  # train | validation | test
+    split: str  # train | validation | test | heldout
     year: int  # 2018 (PXX_YY, flow at half rate) or 2020 (PXX_1YY, flow 1:1 minus one)
     n_frames: int
     segments: tuple[SegmentPlan, ...]
@@ -318,6 +327,11 @@ def _video_layout(size: str) -> list[tuple[str, str, str, int]]:
         add(f"P{n_train + 1:02d}", "validation")
     for _ in range(cfg["test_unseen"]):
         add(f"P{n_train + 2:02d}", "test")
+    # after every other split, so that adding it left the other videos' ids (and bytes) as they were
+    for i in range(cfg["heldout_seen"]):
+        add(train_pids[(i + cfg["val_seen"] + cfg["test_seen"]) % n_train], "heldout")
+    for _ in range(cfg["heldout_unseen"]):
+        add(f"P{n_train + 3:02d}", "heldout")
     return sorted(rows)
 
 
@@ -1324,12 +1338,13 @@ def _write_annotations(out: Path, plans: list[VideoPlan], size: str) -> dict[str
     verbs, nouns = VERBS[: cfg["verbs"]], NOUNS[: cfg["nouns"]]
     ann = out / "annotations"
     ann.mkdir(parents=True, exist_ok=True)
-    by_split: dict[str, list[list[Any]]] = {"train": [], "validation": [], "test": []}
+    by_split: dict[str, list[list[Any]]] = {"train": [], "validation": [], "test": [], "heldout": []}
     for plan in plans:
         by_split[plan.split].extend(_rows(plan))
     _write_csv(ann / "EPIC_100_train.csv", ANNOTATION_COLUMNS, by_split["train"])
     _write_csv(ann / "EPIC_100_validation.csv", ANNOTATION_COLUMNS, by_split["validation"])
     _write_csv(ann / "EPIC_100_test_timestamps.csv", TEST_COLUMNS, [r[:8] for r in by_split["test"]])
+    _write_csv(ann / "EPIC_100_heldout.csv", ANNOTATION_COLUMNS, by_split["heldout"])
     _write_csv(
         ann / "EPIC_100_verb_classes.csv",
         ("id", "key", "instances", "category"),
@@ -1354,15 +1369,18 @@ def _write_annotations(out: Path, plans: list[VideoPlan], size: str) -> dict[str
     _write_csv(ann / "EPIC_100_tail_verbs.csv", ("verb",), [(i,) for i in tail_v])
     _write_csv(ann / "EPIC_100_tail_nouns.csv", ("noun",), [(i,) for i in tail_n])
     n_train = cfg["train_participants"]
-    unseen_val, unseen_test = f"P{n_train + 1:02d}", f"P{n_train + 2:02d}"
+    unseen_val, unseen_test, unseen_held = f"P{n_train + 1:02d}", f"P{n_train + 2:02d}", f"P{n_train + 3:02d}"
     _write_csv(ann / "EPIC_100_unseen_participant_ids_validation.csv", ("participant_id",), [(unseen_val,)])
     _write_csv(ann / "EPIC_100_unseen_participant_ids_test.csv", ("participant_id",), [(unseen_test,)])
+    _write_csv(ann / "EPIC_100_unseen_participant_ids_heldout.csv", ("participant_id",),
+               [(unseen_held,)] if cfg["heldout_unseen"] else [])
     return {
         "tail_verbs": tail_v,
         "tail_nouns": tail_n,
         "train_verb_counts": vc.tolist(),
         "train_noun_counts": nc.tolist(),
-        "unseen_participants": {"validation": [unseen_val], "test": [unseen_test]},
+        "unseen_participants": {"validation": [unseen_val], "test": [unseen_test],
+                                "heldout": [unseen_held] if cfg["heldout_unseen"] else []},
     }
 
 
@@ -1381,7 +1399,7 @@ def _metadata(
             "segments": sum(len(p.segments) for p in plans if p.split == split),
             "frames": sum(p.n_frames for p in plans if p.split == split),
         }
-        for split in ("train", "validation", "test")
+        for split in ("train", "validation", "test", "heldout")
     }
     nuisance_counts = {k: sum(k in s.nuisances for p in plans for s in p.segments) for k in NUISANCE_RATES}
     return {
@@ -1412,11 +1430,12 @@ def _metadata(
         },
         "videos_2018": [p.video_id for p in plans if p.year == 2018],
         "videos_2020": [p.video_id for p in plans if p.year == 2020],
-        "splits": {s: [p.video_id for p in plans if p.split == s] for s in ("train", "validation", "test")},
+        "splits": {s: [p.video_id for p in plans if p.split == s] for s in ("train", "validation", "test", "heldout")},
         "participants": {
             "train": sorted({p.participant_id for p in plans if p.split == "train"}),
             "unseen_validation": ann["unseen_participants"]["validation"],
             "unseen_test": ann["unseen_participants"]["test"],
+            "unseen_heldout": ann["unseen_participants"]["heldout"],
         },
         "resolution": f"{FRAME_W}x{FRAME_H}",
         "flow_scale": FLOW_SCALE,
