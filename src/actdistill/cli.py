@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from actdistill.cli_deploy import add_bench_parser, add_deploy_parsers
+from actdistill.cli_deploy import add_bench_parser, add_deploy_parsers, positive_int
 from actdistill.cli_fewshot import add_fewshot_parser
 
 DEFAULT_SYNTH_ROOT = "data/synthetic"
@@ -109,6 +109,30 @@ def _add_karmma(sub: argparse._SubParsersAction) -> None:
         s.add_argument(f"--sls-{key}", type=int, default=default, choices=range(6), metavar="0..5",
                        help=f"EPIC Supervision Levels Scale, {what} (default: {default}, as the official script)")
     s.set_defaults(func=cmd_karmma_submit)
+
+    s = ksub.add_parser("study", help="run rows over several seeds; per-row intervals and paired differences",
+                        description="Train the configured rows once per seed (run.seed + 0..N-1; data, test clips "
+                        "and drop draws fixed), each seed an ordinary run directory OUT/seed-<k> (a finished one "
+                        "is reused, an unfinished one resumed: rerun the same command after a kill). Writes "
+                        "OUT/study.json, study.md and study_differences.png: per row the mean and Student-t 95%% "
+                        "interval over seeds, and per pair of rows the paired difference per test clip with a "
+                        "two-way bootstrap 95%% interval over clips and seeds, for all modalities, each single "
+                        "modality, p = 0.9 and the drop-curve AUC. See docs/karmma.md, 'Seed studies'.")
+    s.add_argument("experiment", nargs="?", help="experiment YAML (e.g. configs/karmma/synthetic.yaml)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. student.alpha=0.7")
+    s.add_argument("--seeds", type=positive_int, default=5, help="training seeds (default: 5)")
+    s.add_argument("--rows", help="comma-separated rows to train and compare (default: the config's rows); "
+                   "the first is A in every difference it takes part in")
+    s.add_argument("--teacher", choices=("per-seed", "shared"), default="per-seed",
+                   help="train the teacher once per seed (default: the rows' spread includes the teacher's) or "
+                        "once for the study (seed 0's, reused: cheaper, isolates the rows' own noise)")
+    s.add_argument("--out", help="study directory (default: <run.out_dir>/study-<run.name>, no timestamp); "
+                   "rerunning into it resumes, another config there is refused")
+    s.add_argument("--resamples", type=positive_int, default=2000, help="bootstrap resamples (default: 2000)")
+    s.add_argument("--efficiency", action="store_true",
+                   help="also profile every seed's rows (eval.efficiency; off by default: the cost table does "
+                        "not change with the seed and its timing takes minutes per seed)")
+    s.set_defaults(func=cmd_karmma_study)
 
     p = sub.add_parser("extract", help="decode clips and cache the frozen teacher's tokens (one shard of them)",
                        description="The KARMMA caching stages on their own: decode the fixed views of the train "
@@ -234,6 +258,31 @@ def cmd_karmma_train(args: argparse.Namespace) -> int:
     run_karmma(cfg, run_dir)
     if is_main():  # rank 0 wrote the report
         print((run_dir / "report.md").read_text())
+    return 0
+
+
+def cmd_karmma_study(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from actdistill.config import build_config
+    from actdistill.engine.distributed import is_main
+    from actdistill.engine.karmma import KarmmaConfig
+    from actdistill.engine.karmma_study import render_study, run_study
+
+    experiment, overrides = _split_experiment(args.experiment, args.overrides)
+    extra = [f"rows=[{args.rows}]"] if args.rows else []
+    if not args.efficiency:
+        extra.append("eval.efficiency=false")
+    cfg = build_config(KarmmaConfig, experiment, [*overrides, *extra], defaults=["run.name=karmma"])
+    out = Path(args.out) if args.out else Path(cfg.run.out_dir) / f"study-{cfg.run.name}"
+    if args.seeds < 2 and is_main():
+        print("warning: one seed gives no interval over seeds; use --seeds 3 or more", file=sys.stderr)
+    command = "actdistill " + shlex.join(sys.argv[1:])
+    study = run_study(cfg, args.seeds, out, args.teacher, args.resamples, command)
+    if is_main():
+        print(render_study(study), end="")
+        print(f"study written to {out}")
     return 0
 
 

@@ -108,6 +108,14 @@ class TeacherConfig:
     single_passes: float = 0.0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=15, lr=5e-4, batch_size=32))
     unimodal_optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=6, lr=2e-3, batch_size=32))
+    # Seed of everything on the teacher's side: its extractors' unimodal fits and random inits (so
+    # the token cache), and the fusion's training. None: run.seed. A seed study that shares one
+    # teacher fixes it, so only the rows change with run.seed.
+    seed: int | None = None
+    # A trained teacher (``teacher.safetensors`` of a run with the same data, modalities, teacher
+    # config and teacher seed) to load instead of training one. Its extractors must equal the ones
+    # this run builds (they made the cached tokens); a mismatch is an error, not a silent mix.
+    weights: str = ""
 
 
 @dataclass
@@ -304,6 +312,8 @@ def validate(cfg: KarmmaConfig) -> None:
         _in_range(getattr(e, key), f"eval.{key}", 1)
     _in_range(e.warmup, "eval.warmup", 0)
 
+    if cfg.teacher.weights:
+        _require(Path(cfg.teacher.weights).is_file(), "teacher.weights", f"{cfg.teacher.weights}: no such file")
     _in_range(cfg.run.threads, "run.threads", 0)
     _require(cfg.run.dist_timeout_min > 0, "run.dist_timeout_min", f"{cfg.run.dist_timeout_min!r} must be positive")
     _require(bool(cfg.run.name.strip()), "run.name", "is empty")
@@ -420,6 +430,7 @@ class KarmmaPipeline:
         self.input_shapes: dict[str, tuple[int, ...]] | None = None  # per-sample [T, ...], after load_data
         self.timings: dict[str, float] = {}
         self._init_paths: dict[str, Path] | None = None  # student.init_unimodal fits, once per pipeline
+        self.teacher_seed = cfg.run.seed if cfg.teacher.seed is None else cfg.teacher.seed
 
     # ----------------------------------------------------------------------------------- data
     def load_data(self) -> None:
@@ -502,12 +513,13 @@ class KarmmaPipeline:
 
     def loader(self, split: CachedSplit, stage: str, epoch: int, start: int, batch_size: int,
                extra: dict[str, CachedSplit] | None = None, rows: list[int] | None = None,
-               dropout: float = 0.0) -> Any:
+               dropout: float = 0.0, seed: int | None = None) -> Any:
         """This rank's batches of training epoch ``epoch`` of ``stage`` from batch ``start`` on:
-        view ``epoch % views`` of ``split`` (and of ``extra``), in an order seeded by (run.seed,
-        stage, epoch), modality dropout ``dropout`` drawn per sample (see :class:`Dropout`)."""
-        seed = stable_seed(self.cfg.run.seed, stage)
-        drop = Dropout(dropout, stable_seed(self.cfg.run.seed, stage, "dropout")) if dropout > 0 else None
+        view ``epoch % views`` of ``split`` (and of ``extra``), in an order seeded by (``seed``,
+        default run.seed; stage, epoch), modality dropout ``dropout`` drawn per sample (see :class:`Dropout`)."""
+        base = self.cfg.run.seed if seed is None else seed
+        drop = Dropout(dropout, stable_seed(base, stage, "dropout")) if dropout > 0 else None
+        seed = stable_seed(base, stage)
         ds = ViewDataset(split, epoch % split.views, extra, rows=rows, dropout=drop, epoch=epoch)
         return make_loader(ds, batch_size, True, seed, epoch, self.cfg.data.num_workers, start)
 
@@ -516,6 +528,10 @@ class KarmmaPipeline:
         """:func:`_spec_opts` with the data's shapes (``in_channels``) once :meth:`load_data` ran."""
         where = "teacher.model.encoders" if spec is self.cfg.teacher.model else "student.model.encoders"
         return _spec_opts(spec, m, self.input_shapes, where)
+
+    def _fit_seed(self, spec: ModelSpec) -> int:
+        """The teacher's extractors' fits follow ``teacher.seed``; the student's follow run.seed."""
+        return self.teacher_seed if spec is self.cfg.teacher.model else self.cfg.run.seed
 
     def _unimodal_key(self, m: str, spec: ModelSpec) -> dict[str, Any]:
         """What a fit depends on. ``size`` only picks presets: it is replaced by the built encoder's
@@ -526,7 +542,7 @@ class KarmmaPipeline:
         opts = {k: v for k, v in opts.items() if k != "size"}
         return {"kind": "unimodal", "modality": m, "encoder": name, "options": opts, "shapes": shapes,
                 "heads": self.heads,
-                "optim": to_dict(self.cfg.teacher.unimodal_optim), "seed": self.cfg.run.seed,
+                "optim": to_dict(self.cfg.teacher.unimodal_optim), "seed": self._fit_seed(spec),
                 "views": self.cfg.cache.train_views,
                 "clips": clip_cache_key(self.cfg.data, self.cfg.data.train_split, True)}
 
@@ -548,7 +564,8 @@ class KarmmaPipeline:
             _log(f"{label} {m}: reusing {out}")
             return out
         name, opts = self._encoder_opts(spec, m)
-        torch.manual_seed(self.cfg.run.seed)
+        seed = self._fit_seed(spec)
+        torch.manual_seed(seed)
         net = UnimodalClassifier(build_encoder(name, modality=m, **opts), self.heads).to(self.device)
         rows = self.train_split.rows_with(m)
         ocfg = self.cfg.teacher.unimodal_optim
@@ -557,10 +574,10 @@ class KarmmaPipeline:
         draws = f"unimodal_{m}"  # the draws must not depend on the key (which holds e.g. data.root)
 
         def batches(epoch: int, start: int = 0):
-            return self.loader(self.train_split, draws, epoch, start, ocfg.batch_size, rows=rows)
+            return self.loader(self.train_split, draws, epoch, start, ocfg.batch_size, rows=rows, seed=seed)
 
         t0 = time.perf_counter()
-        hist = self.fit(UnimodalTask(net, m), batches, len(rows), ocfg, stage, draws)["history"]
+        hist = self.fit(UnimodalTask(net, m), batches, len(rows), ocfg, stage, draws, seed=seed)["history"]
         took = self.timings[f"{label}_{m}"] = time.perf_counter() - t0
         acc = self._unimodal_accuracy(net, m)
         _log(f"{label} {m}: loss {hist[-1]['loss']:.3f}, test top-1 {acc} ({took:.1f}s)")
@@ -606,7 +623,7 @@ class KarmmaPipeline:
                 # Seeded per modality: an extractor without pretrained weights computes random
                 # features, the same ones in every process and run of this seed (its token cache is
                 # keyed by that seed).
-                seed = stable_seed(self.cfg.run.seed, "extractor", m)
+                seed = stable_seed(self.teacher_seed, "extractor", m)
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
                     enc = build_encoder(name, modality=m, **opts)
@@ -653,22 +670,47 @@ class KarmmaPipeline:
 
     # --------------------------------------------------------------------------------- teacher
     def train_teacher(self, extractors: dict[str, Encoder]) -> MultimodalRecognizer:
+        """Train the fusion teacher on the cached tokens (seeded by ``teacher.seed``), or load
+        ``teacher.weights``; saved as ``teacher.safetensors`` in the run directory either way."""
         t0 = time.perf_counter()
         spec = self.cfg.teacher.model
-        torch.manual_seed(self.cfg.run.seed)
+        seed = self.teacher_seed
+        torch.manual_seed(seed)
         in_dims = {m: extractors[m].out_dim for m in self.modalities}
         fusion = KARMMAFusion(self.modalities, in_dims, self.heads, num_tokens=self.token_counts,
                               **spec.fusion).to(self.device)
+        if self.cfg.teacher.weights:
+            return self._load_teacher(extractors, fusion, t0)
         ocfg = self.cfg.teacher.optim
         p = self.cfg.teacher.modality_dropout
         task = TeacherTask(fusion, self.token_counts, self.cfg.teacher.single_passes)
 
         def batches(epoch: int, start: int = 0):
-            return self.loader(self.train_tokens, "teacher", epoch, start, ocfg.batch_size, dropout=p)
+            return self.loader(self.train_tokens, "teacher", epoch, start, ocfg.batch_size, dropout=p, seed=seed)
 
-        self.fit(task, batches, len(self.train_tokens), ocfg, "teacher")
+        self.fit(task, batches, len(self.train_tokens), ocfg, "teacher", seed=seed)
         self.timings["teacher"] = time.perf_counter() - t0
         teacher = MultimodalRecognizer(extractors, fusion).eval()
+        if is_main():
+            save_weights(teacher, self.run_dir / "teacher.safetensors")
+        return teacher
+
+    def _load_teacher(self, extractors: dict[str, Encoder], fusion: nn.Module, t0: float) -> MultimodalRecognizer:
+        """``teacher.weights``: the fusion from the file; its extractors must be this run's."""
+        from actdistill.engine.fewshot import weights_hash
+
+        path = Path(self.cfg.teacher.weights)
+        built = {m: weights_hash(e) for m, e in extractors.items()}
+        teacher = MultimodalRecognizer(extractors, fusion)
+        load_weights(teacher, path)
+        changed = [m for m, e in extractors.items() if weights_hash(e) != built[m]]
+        if changed:
+            raise ConfigError(f"teacher.weights: {path} was trained on other {changed} extractors than this run "
+                              "builds (different teacher.seed, unimodal fits or pretrained weights), so its fusion "
+                              "does not match the cached tokens; set teacher.seed to the seed it was trained with")
+        self.timings["teacher"] = time.perf_counter() - t0
+        _log(f"teacher: loaded from {path}")
+        teacher.eval()
         if is_main():
             save_weights(teacher, self.run_dir / "teacher.safetensors")
         return teacher
@@ -722,15 +764,16 @@ class KarmmaPipeline:
         return model
 
     def fit(self, task: nn.Module, batches: Any, samples: int, ocfg: OptimConfig, stage: str,
-            draws: str | None = None) -> dict[str, Any]:
+            draws: str | None = None, seed: int | None = None) -> dict[str, Any]:
         """Train ``task`` (a task module: ``forward(batch) -> losses``) with the one trainer: this
         rank's steps over ``samples`` training samples, ``train.*`` (precision, step checkpoints,
-        log interval), per-step seeds from ``run.seed`` and ``draws`` (default: the stage name)."""
+        log interval), per-step seeds from ``seed`` (default run.seed) and ``draws`` (default: the stage name)."""
         tcfg = self.cfg.train
         draws = draws or stage
+        seed = self.cfg.run.seed if seed is None else seed
         return fit(task, lambda batch, module: module(batch), batches, steps_per_epoch(samples, ocfg.batch_size),
                    ocfg, self.run_dir, stage, self.progress, precision=tcfg.precision,
-                   checkpoint_every=tcfg.checkpoint_every, seed=stable_seed(self.cfg.run.seed, draws),
+                   checkpoint_every=tcfg.checkpoint_every, seed=stable_seed(seed, draws),
                    log_every=tcfg.log_every, seed_name=draws)
 
     def unimodal_init(self) -> dict[str, Path]:
@@ -981,6 +1024,7 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
                               full["labels"], pipe.classes)
     if cfg.eval.efficiency:
         pipe.timings["efficiency"] = time.perf_counter() - t_eff
+    write_per_clip(run_dir / "per_clip.safetensors", results, pipe.test_split.uids, cfg.eval.drop_rates)
     write_json(run_dir / "summary.json", summary)
     rates = cfg.eval.drop_rates
     plot_drop_curves(run_dir / "drop_curve.png", {n: s["drop_curve"] for n, s in summary.items()}, rates)
@@ -1002,6 +1046,47 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
     (run_dir / "report.md").write_text(render_report(summary, pipe.modalities, rates, ratios, pipe.timings, views,
                                                      where))
     return summary
+
+
+def write_per_clip(path: Path, results: Mapping[str, Mapping[str, Any]], uids: Sequence[str],
+                   drop_rates: Sequence[float]) -> None:
+    """Every row's per-test-clip scores (100/0 on the headline top-1, NaN where not scored): one
+    ``[N]`` tensor per row and subset (``<row>/subset/<subset>``) and ``[P, N]`` per row for the drop
+    rates (``<row>/drop``, mean over draws). Why: two rows evaluated on the same clips under the
+    same drop draws can then be compared clip by clip (paired), which is what a seed study does
+    (:mod:`actdistill.engine.karmma_study`); summary.json holds only the means."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    order: list[str] | None = None
+    for row, res in results.items():
+        ps = res["per_sample"]
+        row_uids = [uids[int(i)] for i in ps["index"]]
+        if order is None:
+            order = row_uids
+        elif row_uids != order:
+            raise RuntimeError(f"{row}: evaluated on other clips than {next(iter(results))}")
+        for name, v in ps["subsets"].items():
+            tensors[f"{row}/subset/{name}"] = v.float().contiguous()
+        tensors[f"{row}/drop"] = ps["drop"].float().contiguous()
+    meta = {"uids": json.dumps(order or []), "drop_rates": json.dumps(list(drop_rates)),
+            "rows": json.dumps(list(results)), "score": "100 x correct on the headline top-1; NaN: not scored"}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def read_per_clip(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`write_per_clip`'s tensors and its metadata (uids, drop_rates, rows) decoded."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            meta = {k: json.loads(v) if k != "score" else v for k, v in (fh.metadata() or {}).items()}
+    except Exception as err:
+        raise DataError(path, f"not a readable per-clip file ({err})") from None
+    return tensors, meta
 
 
 def efficiency_ratios(summary: dict[str, Any], modalities: tuple[str, ...]) -> dict[str, Any]:

@@ -102,6 +102,21 @@ def score(logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor]
     return out
 
 
+def primary_hits(logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Per sample, 100 if the headline prediction (:func:`primary_metric`) is right, else 0; NaN
+    where the sample has no label for it. Its mean over the labelled samples is the headline
+    top-1, so per-sample scores of two models can be paired (seed studies)."""
+    if {"verb", "noun"} <= set(logits) and {"verb", "noun"} <= set(labels):
+        v, n = labels["verb"], labels["noun"]
+        hit = (logits["verb"].argmax(-1) == v) & (logits["noun"].argmax(-1) == n)
+        ok = (v >= 0) & (n >= 0)
+    else:
+        task = next(t for t in logits if t in labels and not (t == "action" and {"verb", "noun"} <= set(logits)))
+        y = labels[task]
+        hit, ok = logits[task].argmax(-1) == y, y >= 0
+    return torch.where(ok, 100.0 * hit.float(), torch.full(hit.shape, float("nan")))
+
+
 def primary_metric(metrics: Mapping[str, float]) -> float:
     """The headline number: action top-1 when there is one, else the first task's top-1."""
     if "action_top1" in metrics:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from actdistill.evaluation.metrics import primary_metric, score
+from actdistill.evaluation.metrics import primary_hits, primary_metric, score
 from actdistill.seeding import stable_seed
 
 Predict = Callable[[Mapping[str, Any], torch.Tensor], Mapping[str, torch.Tensor]]
@@ -182,6 +182,13 @@ def evaluate_missing_modalities(
         got = gather(got)
     scored = [(logits, got.labels, valid) for logits, valid in zip(got.logits, got.valid)]
     full_logits: dict[str, torch.Tensor] | None = None
+    per_sample: dict[str, Any] = {"subsets": {}, "drop": []}
+
+    def sample_hits(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
+                    valid: torch.Tensor) -> torch.Tensor:
+        hits = primary_hits(logits, labels)
+        return torch.where(valid, hits, torch.full_like(hits, float("nan")))
+
     for subset, (logits, labels, valid) in zip(chosen, scored):
         metrics = _score_valid(logits, labels, valid)
         metrics["samples"] = int(valid.sum())
@@ -190,11 +197,13 @@ def evaluate_missing_modalities(
         name = subset_name(subset)
         result["subset_metrics"][name] = metrics
         result["subsets"][name] = primary_metric(metrics)
+        per_sample["subsets"][name] = sample_hits(logits, labels, valid)
         if len(subset) == len(mods):
             full_logits, full_labels = logits, labels
     for i, p in enumerate(drop_rates):
         runs = scored[len(chosen) + i * drop_repeats:len(chosen) + (i + 1) * drop_repeats]
         draws = [_score_valid(logits, labels, valid) for logits, labels, valid in runs]
+        per_sample["drop"].append(torch.stack([sample_hits(*run) for run in runs]).nanmean(0))
         metrics = {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
         metrics["draws"] = drop_repeats
         metrics["ci95"] = wilson_interval(primary_metric(metrics), int(runs[-1][2].sum()))
@@ -208,4 +217,8 @@ def evaluate_missing_modalities(
     result["worst_subset"] = {"subset": worst[0], "accuracy": worst[1]}
     if full_logits is not None:
         result["full"] = {"logits": full_logits, "labels": full_labels}
+    # ``[N]`` per subset and ``[P, N]`` per drop rate (mean over draws): 100/0 per sample, NaN where
+    # not scored; their means are the accuracies above (samples in ``got.index`` order)
+    result["per_sample"] = {"index": got.index, "subsets": per_sample["subsets"],
+                            "drop": torch.stack(per_sample["drop"]) if per_sample["drop"] else torch.zeros(0)}
     return result
