@@ -1,4 +1,4 @@
-"""``actdistill fewshot``: the few-shot subcommands (demo, train, eval, plan).
+"""``actdistill fewshot``: the few-shot subcommands (demo, train, eval, study, plan).
 
 Wired into the top-level parser by :func:`add_fewshot_parser`; heavy imports happen inside the
 commands so ``--help`` stays instant.
@@ -45,7 +45,7 @@ eval: {episodes: 1000, settings: [5way1shot, 5way5shot], query: 1, seed: 1896}
 
 
 def add_fewshot_parser(sub: argparse._SubParsersAction) -> None:
-    """Add ``fewshot {demo,train,eval}`` to the top-level subparsers ``sub``."""
+    """Add ``fewshot {demo,train,eval,study,plan}`` to the top-level subparsers ``sub``."""
     p = sub.add_parser("fewshot", help="few-shot action recognition: CLIP-M2DF and baselines",
                        description="Episodic few-shot action recognition: CLIP-M2DF (multi-view distillation) "
                        "and the baselines ProtoNet, OTAM, TRX, CLIP-FSAR on one backbone.")
@@ -78,6 +78,36 @@ def add_fewshot_parser(sub: argparse._SubParsersAction) -> None:
                    help="replace RUN_DIR's own summary.json and report.md instead of writing RUN_DIR/eval-<time>/")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.settings=[5way1shot]")
     s.set_defaults(func=cmd_fewshot_eval)
+
+    s = fsub.add_parser(
+        "study", help="run the methods over several training seeds and compare them episode by episode",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A seed study: train and evaluate the chosen methods N times, seed k in the run directory "
+        "OUT/seed-<k> with run.seed and train.seed offset by k (initialisation, training episodes, cached "
+        "training views, dropout), while the data, the class-name text and eval.* stay fixed, so every method "
+        "and every seed is scored on the same seeded test episodes.\n\n"
+        "Reports, per method and setting, the mean accuracy over seeds with a Student-t 95% interval, and for "
+        "every pair of methods (A listed before B) the paired difference A - B per test episode with a "
+        "two-way bootstrap 95% interval over seeds and episodes, and a verdict (A ahead / B ahead / within "
+        "noise). Writes OUT/study.json, OUT/study.md (printed at the end) and OUT/study_differences.png; each "
+        "seed's run directory has the usual summary.json and episodes.json (per-episode accuracies).\n\n"
+        "Resumable: rerun the same command. A seed directory that already holds summary.json and "
+        "episodes.json is reused; one without them (a killed run) resumes from its step checkpoints; one "
+        "written with another configuration is refused.",
+        epilog="example: actdistill fewshot study configs/fewshot/synthetic.yaml --seeds 5 "
+        "--methods clip_m2df,protonet")
+    s.add_argument("experiment", help="experiment YAML (e.g. configs/fewshot/synthetic.yaml)")
+    s.add_argument("--seeds", type=positive_int, required=True,
+                   help="number of training seeds N, at least 1 (2 or more for an interval over seeds); "
+                   "seed k = 0..N-1 offsets run.seed and train.seed by k")
+    s.add_argument("--methods", help="comma-separated methods to compare, a subset of the config's heads.methods "
+                   "in the order given (A - B pairs take A earlier); default: all of heads.methods")
+    s.add_argument("--out", help="study directory (default: <run.out_dir>/study-<run.name>, from the config and "
+                   "overrides; no timestamp, so rerunning the same command resumes the study)")
+    s.add_argument("--resamples", type=positive_int, default=2000,
+                   help="bootstrap resamples for the paired intervals (default: 2000)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.episodes=800 eval.episodes=500")
+    s.set_defaults(func=cmd_fewshot_study)
 
     from actdistill.cli import add_plan_arguments  # the arguments shared with `karmma plan`
 
@@ -168,6 +198,57 @@ def cmd_fewshot_eval(args: argparse.Namespace) -> int:
     out_dir = from_main(setup, cfg.run.dist_timeout_min)
     run_fewshot(cfg, run_dir, train=False, episodes=episodes, out_dir=out_dir)
     return _finish(out_dir, t0)
+
+
+def _study_methods(text: str | None, configured: list[str]) -> list[str]:
+    """``--methods`` (comma-separated, order kept, duplicates dropped) checked against ``heads.methods``."""
+    if text is None:
+        return list(dict.fromkeys(configured))
+    methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if not methods:
+        raise ValueError("--methods names no method")
+    unknown = [m for m in methods if m not in configured]
+    if unknown:
+        raise ValueError(f"--methods: {', '.join(unknown)} not in the config's heads.methods {configured} "
+                         "(set heads.methods=[...] to add one)")
+    return methods
+
+
+def _study_command(args: argparse.Namespace) -> str:
+    import shlex
+
+    parts = ["actdistill", "fewshot", "study", args.experiment, "--seeds", str(args.seeds)]
+    if args.methods is not None:
+        parts += ["--methods", args.methods]
+    if args.out is not None:
+        parts += ["--out", args.out]
+    parts += ["--resamples", str(args.resamples), *args.overrides]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def cmd_fewshot_study(args: argparse.Namespace) -> int:
+    from actdistill.config import build_config
+    from actdistill.engine.fewshot import FewShotConfig
+    from actdistill.engine.fewshot_study import run_study, warn
+
+    t0 = time.perf_counter()
+    if not os.path.exists(args.experiment):
+        raise FileNotFoundError(f"{args.experiment}: experiment YAML not found")
+    cfg = build_config(FewShotConfig, args.experiment, list(args.overrides), defaults=["run.name=fewshot"])
+    cfg.heads.methods = _study_methods(args.methods, list(cfg.heads.methods))
+    out = Path(args.out) if args.out else Path(cfg.run.out_dir) / f"study-{cfg.run.name}"
+    first = os.environ.get("RANK", "0") == "0"  # under torchrun: warn once (no process group yet)
+    if args.seeds < 2 and first:
+        warn("--seeds 1: no interval over seeds can be given (paired intervals then resample test episodes "
+             "only); use 2 or more seeds")
+    if len(cfg.heads.methods) < 2 and first:
+        warn("one method: no paired differences to report")
+    study = run_study(cfg, args.seeds, out, args.resamples, command=_study_command(args),
+                      experiment=str(args.experiment))
+    if study is not None:
+        print((out / "study.md").read_text())
+        print(f"wall time {time.perf_counter() - t0:.1f}s; study directory {out}")
+    return 0
 
 
 def cmd_fewshot_plan(args: argparse.Namespace) -> int:

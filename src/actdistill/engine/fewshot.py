@@ -31,7 +31,10 @@ Stages (each resumable, each skipped when its result is already on disk):
 4. **Evaluate.** ``episodes`` seeded test episodes per setting (``5way1shot``, ``5way5shot``; 1
    query per class): mean accuracy, ``1.96 * std / sqrt(n)``, per-class accuracy.
 5. **Report.** ``summary.json`` (per method, per setting: ``acc``, ``ci95``, ``episodes``),
-   ``per_class.json``, ``report.md`` and ``accuracy.png`` (bars with the 95% intervals).
+   ``episodes.json`` (per method, per setting: the accuracy of every test episode, in episode
+   order: every method and every training seed sees the same episodes, so two runs can be
+   compared episode by episode, as ``fewshot study`` does), ``per_class.json``, ``report.md``
+   and ``accuracy.png`` (bars with the 95% intervals).
 
 DDP: under ``torchrun`` every rank works. The episodes of one accumulation step are split over
 the ranks (round robin, :func:`rank_episodes`; ``accumulate`` must be a multiple of the world
@@ -819,6 +822,11 @@ class FewShotPipeline:
         method see the same episodes. Under DDP rank ``r`` runs episodes ``i % world == r`` and
         the per-episode results are summed over ranks (each slot has one contributor, so the sum
         is exact): every rank returns the numbers one process would.
+
+        Returns ``acc`` (mean over episodes, %), ``ci95``, ``episodes``, ``per_class``,
+        ``seconds``, ``seconds_per_episode`` and ``episode_acc``: the accuracy (%) of every
+        episode, indexed by episode (slot ``i`` is episode ``i`` whichever rank ran it), whose
+        mean is ``acc``.
         """
         ecfg = self.cfg.eval
         way, shot = parse_setting(setting)
@@ -911,6 +919,8 @@ def write_report(run_dir: Path, cfg: FewShotConfig, results: Mapping[str, Mappin
     summary = {m: {s: {k: r[k] for k in ("acc", "ci95", "episodes")} for s, r in res.items()}
                for m, res in results.items()}
     write_json(run_dir / "summary.json", summary)
+    if all("episode_acc" in r for res in results.values() for r in res.values()):
+        write_json(run_dir / "episodes.json", episode_accuracies(results))
     per_class = {m: {s: r["per_class"] for s, r in res.items()} for m, res in results.items()}
     write_json(run_dir / "per_class.json", per_class)
     write_json(run_dir / "run_info.json", {
@@ -925,6 +935,15 @@ def write_report(run_dir: Path, cfg: FewShotConfig, results: Mapping[str, Mappin
         f"test episodes (1 query per class).\n\n{table}\n\nStage timings (s): "
         + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + "\n")
     return summary
+
+
+def episode_accuracies(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, list[float]]]:
+    """``{method: {setting: [accuracy (%) of episode 0, 1, ...]}}`` from :meth:`FewShotPipeline.evaluate`
+    results: what ``episodes.json`` holds. Episode ``i`` is the same for every method and every
+    training seed of one data and ``eval`` config, so two lists pair element by element; their
+    mean is the summary's ``acc`` (before rounding)."""
+    return {m: {s: [float(a) for a in np.asarray(r["episode_acc"], dtype=float)] for s, r in res.items()}
+            for m, res in results.items()}
 
 
 def render_table(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
@@ -994,6 +1013,7 @@ __all__ = [
     "encode_shard",
     "encode_split",
     "ensure_data",
+    "episode_accuracies",
     "init_from",
     "load_run_config",
     "open_features",
