@@ -237,3 +237,112 @@ def test_karmma_submit_on_the_unlabelled_test_split(untrained_run: Path, tmp_pat
     data = json.loads(out.read_text())
     assert data["challenge"] == "action_recognition" and len(data["results"]) == report["samples"] > 0
     assert main(["karmma", "submit", str(untrained_run), "--out", str(out), "--modalities", "depth"]) == 2
+
+
+# ------------------------------------------------------------------------------ karmma submit, SSv2
+SSV2_SPLITS = {"train": 7, "validation": 12, "test": 4}  # videos; 7 classes, so top-5 is not every class
+
+
+@pytest.fixture(scope="module")
+def ssv2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained rgb-only KARMMA run on a tiny Something-Something v2 in its official layout
+    (label/split JSON, one ``<id>/img_00001.jpg`` frame folder per video)."""
+    import numpy as np
+    from PIL import Image
+
+    from actdistill.config import build_config, load_yaml
+    from actdistill.data.builder import load_index
+    from actdistill.demo import DEMO_EXPERIMENT
+    from actdistill.engine.checkpoint import save_weights
+    from actdistill.engine.clips import load_clips
+    from actdistill.engine.karmma import KarmmaConfig, build_row, write_model_info
+    from actdistill.rundir import save_config
+    from actdistill.shipped import shipped_path
+    from tests.test_karmma_pipeline import TINY
+    from tests.test_plan import write_ssv2_annotations
+
+    base = tmp_path_factory.mktemp("submit_ssv2")
+    root = write_ssv2_annotations(base / "ssv2", *SSV2_SPLITS.values(), n_classes=7, seed=3)
+    # keys written against their index order: class names must come from the indices, not the key order
+    labels_file = root / "something-something-v2-labels.json"
+    labels = json.loads(labels_file.read_text())
+    labels_file.write_text(json.dumps(dict(sorted(labels.items(), key=lambda kv: -int(kv[1])))))
+    rng = np.random.default_rng(0)
+    for split in SSV2_SPLITS:  # a coloured square moving on black: videos differ, so do the untrained row's scores
+        for row in json.loads((root / f"something-something-v2-{split}.json").read_text()):
+            (root / row["id"]).mkdir()
+            (x, y), (dx, dy), colour = rng.integers(0, 16, 2), rng.integers(-3, 4, 2), rng.integers(64, 256, 3)
+            for k in range(1, 7):
+                frame = np.zeros((24, 32, 3), np.uint8)
+                top, left = int(np.clip(y + k * dy, 0, 16)), int(np.clip(x + k * dx, 0, 24))
+                frame[top:top + 8, left:left + 8] = colour
+                Image.fromarray(frame).save(root / row["id"] / f"img_{k:05d}.jpg")
+    demo = load_yaml(shipped_path(DEMO_EXPERIMENT))
+    del demo["data"]["options"]  # the synthetic dataset's; mappings merge, so an override cannot drop them
+    tiny = [o for o in TINY if not o.startswith("data.options.")]
+    cfg = build_config(KarmmaConfig, demo, [f"data.root={root}", f"cache.root={base / 'cache'}", *tiny,
+                                            "data.dataset=ssv2", "data.modalities=[rgb]", "data.test_split=test"])
+    run_dir = base / "run"
+    run_dir.mkdir()
+    save_config(run_dir, cfg)
+    classes = load_index(cfg.data, cfg.data.train_split).classes
+    heads = {"class": len(classes["class"])}
+    val = load_index(cfg.data, "validation")
+    shapes = {m: list(s) for m, s in load_clips(cfg.data, "validation", False, cfg.data.sampling.test_views,
+                                                 cfg.cache.root, val, progress=False).shapes.items()}
+    write_model_info(run_dir, ("rgb",), heads, classes, False, shapes)
+    torch.manual_seed(0)
+    save_weights(build_row(cfg, ("rgb",), heads, "student", shapes), run_dir / "student.safetensors")
+    return run_dir
+
+
+def _ssv2_file(root: Path, split: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """Class names by index, the split's video ids in file order and their templates, read from
+    the JSON files themselves (not through the adapter under test)."""
+    labels = json.loads((root / "something-something-v2-labels.json").read_text())
+    names = sorted(labels, key=lambda k: int(labels[k]))
+    rows = json.loads((root / f"something-something-v2-{split}.json").read_text())
+    return names, [r["id"] for r in rows], {r["id"]: r.get("template", "") for r in rows}
+
+
+def test_karmma_submit_ssv2_writes_template_names_that_score_as_in_memory(
+        ssv2_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from actdistill.cli import main, split_logits
+    from actdistill.deploy import Recognizer
+
+    root = ssv2_run.parent / "ssv2"
+    names, ids, templates = _ssv2_file(root, "validation")
+    out = tmp_path / "val.csv"
+    assert main(["karmma", "submit", str(ssv2_run), "--split", "validation", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["dataset"], report["split"], report["samples"]) == ("ssv2", "validation", len(ids))
+    _, uids, logits = split_logits(Recognizer.from_run(ssv2_run), "validation", None)
+    assert uids == ids and logits["class"].shape == (len(ids), len(names))
+    lines = [line.split(";") for line in out.read_text().splitlines()]
+    # one line per video in the validation file's order: <id>;<5 template names, best first>
+    best = logits["class"].topk(5, dim=-1).indices
+    assert lines == [[u, *(names[j] for j in row)] for u, row in zip(ids, best.tolist())]
+    truth = torch.tensor([names.index(templates[u].replace("[", "").replace("]", "")) for u in ids])
+    top1 = 100.0 * float((best[:, 0] == truth).float().mean())
+    top5 = 100.0 * float((best == truth[:, None]).any(1).float().mean())
+    assert report["metrics"] == pytest.approx({"class_top1": top1, "class_top5": top5})
+    assert report["metrics"]["class_top5"] >= report["metrics"]["class_top1"]
+    # what gives the checks above their teeth: rows differ (ids misaligned with rows would show) and
+    # the example tells top-1 from top-5 from "every class"
+    assert len({tuple(line[1:]) for line in lines}) > 1
+    assert 0 < top1 < top5 < 100
+
+
+def test_karmma_submit_ssv2_on_the_unlabelled_test_split(ssv2_run: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from actdistill.cli import main
+
+    names, ids, _ = _ssv2_file(ssv2_run.parent / "ssv2", "test")
+    out = tmp_path / "test.csv"
+    assert main(["karmma", "submit", str(ssv2_run), "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "metrics" not in report and report["split"] == "test" and report["samples"] == len(ids)
+    preds = read_ssv2_predictions(out)
+    assert list(preds) == ids and all(len(p) == 5 and set(p) <= set(names) for p in preds.values())
+    assert main(["karmma", "submit", str(ssv2_run), "--out", str(out), "--modalities", "flow"]) == 2
+    assert "--modalities must name some of the run's modalities ['rgb']" in capsys.readouterr().err
