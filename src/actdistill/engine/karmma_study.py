@@ -21,6 +21,7 @@ through ``teacher.seed`` / ``teacher.weights``; cheaper, and it isolates the row
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from actdistill.config import ConfigError, to_dict
+from actdistill.config import ConfigError, from_dict, to_dict
 from actdistill.engine.karmma import KarmmaConfig, prepare_run, read_per_clip, run_karmma
 from actdistill.evaluation.protocols import subset_name
 from actdistill.evaluation.study import (
@@ -80,7 +81,11 @@ def _check_out(out: Path, cfg: KarmmaConfig, teacher: str) -> None:
     record = {"config": to_dict(cfg), "teacher": teacher}
     path = out / "study_config.yaml"
     if path.is_file():
-        old = yaml.safe_load(path.read_text())
+        old = yaml.safe_load(path.read_text()) or {}
+        # rebuilt through the config class: keys added to it since take their defaults (a key since
+        # removed fails to build: the records then differ and the study is refused below)
+        with contextlib.suppress(ConfigError):
+            old["config"] = to_dict(from_dict(KarmmaConfig, old.get("config") or {}))
         if old != json.loads(json.dumps(record)):
             raise ConfigError(f"{out}: holds a study of another configuration (see {path}); "
                               "give a new --out, or delete the directory to start over")
