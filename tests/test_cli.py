@@ -25,6 +25,28 @@ def test_config_show_and_unknown_key(capsys: pytest.CaptureFixture[str]) -> None
     assert "data.sampling.num_frmes" in err and "num_frames" in err
 
 
+def test_config_show_builds_each_job_and_diffs(capsys: pytest.CaptureFixture[str]) -> None:
+    """`config show` builds KARMMA and few-shot configs with their own classes (README's override
+    examples included), `--diff` prints only what differs from the job's defaults, and the job is
+    inferred from overrides alone too."""
+    import yaml
+
+    assert main(["config", "show", "configs/karmma/synthetic.yaml", "student.optim.epochs=3"]) == 0
+    full = yaml.safe_load(capsys.readouterr().out)
+    assert full["job"] == "karmma" and full["student"]["optim"]["epochs"] == 3 and full["run"]["name"] == "karmma"
+    assert full["train"] and full["cache"]["root"]  # the defaults are printed too
+    assert main(["config", "show", "fewshot/synthetic", "train.episodes=320", "--diff"]) == 0
+    diff = yaml.safe_load(capsys.readouterr().out)
+    assert diff["job"] == "fewshot" and diff["train"]["episodes"] == 320 and diff["run"] == {"name": "fewshot-demo"}
+    assert "accumulate" not in diff["train"] and "cache_root" not in diff  # equal to the defaults
+    assert main(["config", "show", "student.alpha=0.7", "--diff"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {"job": "karmma", "student": {"alpha": 0.7}}
+    assert main(["config", "show", "configs/karmma/synthetic.yaml", "--job", "fewshot"]) == 2
+    assert "unknown config key 'cache'" in capsys.readouterr().err  # the issue's error, now only for a wrong job
+    assert main(["config", "show", "karmma/nope"]) == 2
+    assert "nor a shipped config (shipped: data/epic_kitchens_100" in capsys.readouterr().err
+
+
 def test_summary_json_reports_counts_and_problems(epic_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (epic_root / "P01" / "rgb_frames" / "P01_01" / "frame_0000000003.jpg").write_bytes(b"\xff\xd8\xff\xe0 trunc")
     import shutil

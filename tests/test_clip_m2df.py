@@ -26,7 +26,6 @@ from actdistill.models.fewshot.clip_m2df import (
     count_parameters,
     encode_minilm,
 )
-from actdistill.models.fewshot.m2df_modules import otam_distance_builtin
 from actdistill.models.fewshot.reference_import import (
     export_reference_state_dict,
     load_reference_state_dict,
@@ -222,19 +221,6 @@ def test_fixture_is_small_and_covers_sampling() -> None:
     assert any(
         not torch.equal(expected[f"{c['name']}/prompt_index"], expected[f"{c['name']}/argmax_index"]) for c in cases
     )
-
-
-def test_builtin_otam_matches_shared() -> None:
-    """The private fallback equals the project's shared OTAM (once ``otam.py`` exists)."""
-    otam = pytest.importorskip("actdistill.models.fewshot.otam")
-    d = torch.rand(3, 5, 8, 8) * 2
-    for bidirectional in (True, False):
-        torch.testing.assert_close(
-            otam.otam_distance(d, 0.5, bidirectional=bidirectional),
-            otam_distance_builtin(d, 0.5, bidirectional=bidirectional),
-        )
-    rect = torch.rand(2, 4, 6, 8)
-    torch.testing.assert_close(otam.otam_distance(rect), otam_distance_builtin(rect))
 
 
 # ---------------------------------------------------------------------------------------------- shapes and paths

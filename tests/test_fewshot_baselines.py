@@ -4,9 +4,6 @@ ProtoNet / OTAM / TRX / CLIP-FSAR heads (shapes, losses, training, options)."""
 from __future__ import annotations
 
 import math
-import statistics
-import time
-from collections.abc import Callable
 from itertools import combinations
 
 import pytest
@@ -133,30 +130,6 @@ def test_frame_cosine_distance_uses_the_reference_eps() -> None:
     want = 1 - (a @ b.transpose(-1, -2)) / (a.norm(dim=-1)[..., None] * b.norm(dim=-1)[..., None, :] + 0.01)
     torch.testing.assert_close(d, want)
     assert frame_cosine_distance(a, a).diagonal(dim1=-2, dim2=-1).gt(0).all()  # eps: never exactly 0
-
-
-def test_otam_vectorised_is_faster_than_the_loop() -> None:
-    """Reports the speed-up (5-way 1-shot training episode, forward + backward, one thread so a
-    busy shared machine's thread pool does not decide it); no assertion on timing:
-    ``benchmarks/otam.py`` measures it properly."""
-    d = torch.rand(25, 5, FRAMES, FRAMES, requires_grad=True)
-
-    def run(fn: Callable[[Tensor], Tensor]) -> float:
-        times = []
-        for i in range(7):
-            t = time.perf_counter()
-            fn(d).sum().backward()
-            if i >= 2:
-                times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ratio = run(otam_distance_loop) / run(otam_distance)
-    finally:
-        torch.set_num_threads(threads)
-    print(f"\n[otam] vectorised vs loop, [25, 5, 8, 8] forward+backward: {ratio:.1f}x faster")
 
 
 # ------------------------------------------------------------------------------------------ heads

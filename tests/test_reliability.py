@@ -65,7 +65,7 @@ from actdistill.data.datasets.video_folder import (
 )
 from actdistill.data.records import DataError, DatasetIndex, Problem
 from actdistill.data.sampling import SAMPLING_MODES, TemporalSampler, epic_flow_index, map_frame_numbers
-from actdistill.distill.dropout import ModalityDropout, mask_inputs, modality_dropout
+from actdistill.distill.dropout import mask_inputs, modality_dropout
 from actdistill.engine.cache import FeatureCache
 from actdistill.engine.checkpoint import (
     latest_checkpoint,
@@ -1693,8 +1693,6 @@ def test_modality_dropout_per_modality_p_property(case: tuple[torch.Tensor, list
     again = modality_dropout(present, p, torch.Generator().manual_seed(seed), on_empty=on_empty,
                              max_resample=max_resample)
     assert torch.equal(out, again)
-    a, b = ModalityDropout(p, seed=seed), ModalityDropout(p, seed=seed)
-    assert all(torch.equal(a(present), b(present)) for _ in range(3))
     x = {"m0": torch.randn(present.shape[0], 2)}
     masked = mask_inputs(x, out, [f"m{j}" for j in range(present.shape[1])])
     assert torch.equal(masked["m0"][out[:, 0]], x["m0"][out[:, 0]])

@@ -16,6 +16,7 @@ from typing import Any
 
 from actdistill.cli_deploy import add_bench_parser, add_deploy_parsers, positive_int
 from actdistill.cli_fewshot import add_fewshot_parser
+from actdistill.cli_list import add_list_parser
 
 DEFAULT_SYNTH_ROOT = "data/synthetic"
 
@@ -58,10 +59,23 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
                        description="Configuration tools.")
     csub = p.add_subparsers(dest="config_cmd", required=True, metavar="COMMAND")
     s = csub.add_parser("show", help="print the merged configuration a job would run with",
-                        description="Print the configuration that a job would run with: typed defaults, then "
-                        "the experiment YAML, then KEY=VALUE overrides (dotted keys, e.g. data.root=/x).")
-    s.add_argument("experiment", nargs="?", help="experiment YAML (e.g. configs/data/synthetic.yaml)")
+                        description="Print the configuration that a job would run with: its typed defaults, then "
+                        "the experiment YAML, then KEY=VALUE overrides (dotted keys, e.g. data.root=/x), as YAML. "
+                        "The job (karmma, fewshot, or data: the data and run sections only) is the YAML's top-level "
+                        "`job:` key, or --job, or else inferred from the sections the YAML and overrides set "
+                        "(teacher/student/rows: karmma; backbone/heads/text/train.way: fewshot). The output starts "
+                        "with `job:`; saved as a file it builds the same configuration.",
+                        epilog="CONFIG is a YAML file of yours, or a shipped config: karmma/synthetic (also "
+                        "configs/karmma/synthetic.yaml, which works in any directory). An unknown name lists the "
+                        "shipped ones.")
+    s.add_argument("experiment", nargs="?", metavar="CONFIG",
+                   help="experiment YAML or shipped config name (e.g. karmma/synthetic)")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.sampling.num_frames=16")
+    s.add_argument("--job", choices=("karmma", "fewshot", "data"),
+                   help="the job to build the configuration for (default: the YAML's job: key, else inferred)")
+    s.add_argument("--diff", action="store_true",
+                   help="print only the values that differ from the job's defaults, as nested YAML (a mapping or "
+                   "list that differs is printed whole, since a YAML one replaces the default whole)")
     s.set_defaults(func=cmd_config)
 
 
@@ -176,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_karmma(sub)
     _add_demo(sub)
     add_fewshot_parser(sub)
+    add_list_parser(sub)
     add_deploy_parsers(sub)
     add_bench_parser(sub)
     return parser
@@ -229,14 +244,10 @@ def _split_experiment(experiment: str | None, overrides: list[str]) -> tuple[str
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    import yaml
-
-    from actdistill.config import build_config, to_dict
-    from actdistill.experiment import ExperimentConfig
+    from actdistill.shipped import show_config
 
     experiment, overrides = _split_experiment(args.experiment, args.overrides)
-    cfg = build_config(ExperimentConfig, experiment, overrides)
-    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    print(show_config(experiment, overrides, args.job, args.diff), end="")
     return 0
 
 
@@ -462,6 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from actdistill.data.records import DataError
 
     tune_allocator()
+    from actdistill.plugins import load_plugins
+
+    load_plugins()  # installed plugins (entry points) register before any command runs
     try:
         return func(args)
     except (ConfigError, DataError, FileNotFoundError, KeyError, ValueError) as err:

@@ -14,34 +14,7 @@ from typing import Any
 
 from actdistill.cli_deploy import positive_int
 
-DEMO_CONFIG = "configs/fewshot/synthetic.yaml"
-
-#: The demo's settings, used when ``configs/fewshot/synthetic.yaml`` is not on disk (installed package);
-#: a test keeps the two identical.
-DEMO_YAML = """
-synthetic: {seed: 0, size: small}
-cache_root: .cache/actdistill
-run: {name: fewshot-demo, seed: 0}
-data:
-  dataset: fewshot
-  root: data/synthetic_fewshot
-  modalities: [rgb]
-  options: {benchmark: ssv2_small}
-  sampling: {mode: uniform, num_frames: 8, test_views: 1, max_pad: 5}
-  spatial: {short_side: 64, crop_size: 64, flip: false, normalize: none}
-backbone: {name: mobilenet_v2, pretrained: imagenet-offline, input_size: 112, finetune: false}
-text: {encoder: bow}
-heads:
-  dim: 256
-  methods: [clip_m2df, protonet, otam, trx, clip_fsar]
-  options:
-    clip_m2df: {mlp_dim: 512}
-    clip_fsar: {mlp_dim: 512}
-    trx: {out_dim: 256}
-train: {episodes: 1600, accumulate: 16, lr: 0.0003, way: 5, shot: 1, query: 5, seed: 1896, train_views: 3,
-        checkpoint_every: 25, log_every: 25}
-eval: {episodes: 1000, settings: [5way1shot, 5way5shot], query: 1, seed: 1896}
-"""
+DEMO_EXPERIMENT = "fewshot/synthetic"  # the shipped config `fewshot demo` runs
 
 
 def add_fewshot_parser(sub: argparse._SubParsersAction) -> None:
@@ -119,18 +92,15 @@ def add_fewshot_parser(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_fewshot_plan)
 
 
-def _setup(experiment: str | None, overrides: list[str], name: str, text: str | None = None) -> tuple[Any, Path]:
-    import yaml
-
+def _setup(experiment: str | Path | None, overrides: list[str], name: str) -> tuple[Any, Path]:
     from actdistill.config import build_config
     from actdistill.engine.distributed import from_main
     from actdistill.engine.fewshot import FewShotConfig, ensure_data
     from actdistill.rundir import open_run_dir, save_config
 
-    if experiment is not None and "=" in experiment and not os.path.exists(experiment):
+    if isinstance(experiment, str) and "=" in experiment and not os.path.exists(experiment):
         experiment, overrides = None, [experiment, *overrides]
-    source = yaml.safe_load(text) if text is not None else experiment  # the demo's built-in YAML when no file
-    cfg = build_config(FewShotConfig, source, overrides, defaults=[f"run.name={name}"])
+    cfg = build_config(FewShotConfig, experiment, overrides, defaults=[f"run.name={name}"])
 
     def setup() -> Path:  # once, on rank 0 under torchrun
         # the run directory first: an unusable run.out_dir is reported before minutes of data generation
@@ -154,12 +124,10 @@ def _finish(run_dir: Path, t0: float) -> int:
 
 def cmd_fewshot_demo(args: argparse.Namespace) -> int:
     from actdistill.engine.fewshot import run_fewshot
+    from actdistill.shipped import shipped_path
 
     t0 = time.perf_counter()
-    if os.path.exists(DEMO_CONFIG):
-        cfg, run_dir = _setup(DEMO_CONFIG, list(args.overrides), "fewshot-demo")
-    else:
-        cfg, run_dir = _setup(None, list(args.overrides), "fewshot-demo", DEMO_YAML)
+    cfg, run_dir = _setup(shipped_path(DEMO_EXPERIMENT), list(args.overrides), "fewshot-demo")
     run_fewshot(cfg, run_dir)
     return _finish(run_dir, t0)
 
@@ -232,8 +200,6 @@ def cmd_fewshot_study(args: argparse.Namespace) -> int:
     from actdistill.engine.fewshot_study import run_study, warn
 
     t0 = time.perf_counter()
-    if not os.path.exists(args.experiment):
-        raise FileNotFoundError(f"{args.experiment}: experiment YAML not found")
     cfg = build_config(FewShotConfig, args.experiment, list(args.overrides), defaults=["run.name=fewshot"])
     cfg.heads.methods = _study_methods(args.methods, list(cfg.heads.methods))
     out = Path(args.out) if args.out else Path(cfg.run.out_dir) / f"study-{cfg.run.name}"

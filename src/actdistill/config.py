@@ -225,6 +225,22 @@ def _overrides_tree(cls: Any, overrides: list[str]) -> dict[str, Any]:
     return data
 
 
+def _plugins(cls: Any, data: dict[str, Any], experiment: Any) -> None:
+    """Before a config is built: the installed plugins (entry points, once per process) and the
+    modules of its ``custom_imports`` (where ``cls`` has that key), so that the encoders and
+    datasets they register exist when the config names them. File entries are resolved against the
+    experiment YAML's folder, then the working directory, and recorded as absolute paths."""
+    from actdistill.plugins import import_custom, load_plugins
+
+    load_plugins()
+    if "custom_imports" not in data or "custom_imports" not in typing.get_type_hints(cls):
+        return
+    base: list[Path] = []
+    if isinstance(experiment, str | Path) and Path(experiment).is_file():
+        base.append(Path(experiment).resolve().parent)
+    data["custom_imports"] = import_custom(data["custom_imports"], base)
+
+
 def build_config(
     cls: type[C], experiment: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None,
     defaults: list[str] | None = None,
@@ -234,14 +250,42 @@ def build_config(
 
     ``defaults`` are dotted values a job sets for itself (``run.name=demo``): they sit *below* the
     experiment file, so a YAML ``run: {name: x}`` is used, and an explicit override still wins.
-    Passed as overrides they would silently beat the file."""
+    Passed as overrides they would silently beat the file.
+
+    A file argument that does not exist is looked up among the shipped configs (``karmma/synthetic``,
+    see :mod:`actdistill.shipped`). A top-level ``job:`` key is checked against ``cls`` and dropped."""
+    from actdistill.shipped import check_job, resolve_experiment  # (that module imports this one)
+
     data: dict[str, Any] = _overrides_tree(cls, list(defaults or []))
     if isinstance(experiment, dict):
-        data = merge(data, dict(experiment))
+        exp, where = dict(experiment), "job"
     elif experiment is not None:
-        data = merge(data, load_yaml(experiment))
+        path = resolve_experiment(experiment)
+        exp, where = load_yaml(path), str(path)
+    else:
+        exp, where = {}, "job"
+    if "job" in exp:
+        check_job(cls, exp.pop("job"), where)
+    data = merge(data, exp)
     data = merge(data, _overrides_tree(cls, list(overrides or [])))
+    _plugins(cls, data, experiment)
     return from_dict(cls, data)
+
+
+def config_diff(cfg: Any, base: Any) -> dict[str, Any]:
+    """The fields of dataclass tree ``cfg`` whose values differ from ``base``'s, as a nested plain
+    mapping. Dataclass sections are compared field by field; a mapping or list that differs is given
+    whole, because a YAML mapping or list replaces the default whole (:func:`from_dict`)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value, default = getattr(cfg, f.name), getattr(base, f.name)
+        if dataclasses.is_dataclass(value) and type(value) is type(default):
+            inner = config_diff(value, default)
+            if inner:
+                out[f.name] = inner
+        elif to_dict(value) != to_dict(default):
+            out[f.name] = to_dict(value)
+    return out
 
 
 def dump_yaml(cfg: Any, path: str | Path) -> None:

@@ -24,5 +24,8 @@ class RunConfig:
 
 @dataclass
 class ExperimentConfig:
+    # Modules (dotted names, or .py files next to the YAML) imported before the config is built,
+    # so the encoders and datasets they register can be named here: see docs/extending.md.
+    custom_imports: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -35,15 +35,6 @@ def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, repe
     return time_fn(fn, warmup, repeats, device, grad=True)
 
 
-def demo_data() -> dict[str, object]:
-    """The KARMMA demo's data section (what the benchmarks measure by default)."""
-    import yaml
-
-    from actdistill.demo import DEMO_YAML
-
-    return dict(yaml.safe_load(DEMO_YAML)["data"])
-
-
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     def cell(v: object) -> str:
         return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actdistill.bench.common import demo_data, machine
+from actdistill.bench.common import machine
 from actdistill.config import build_config
 from actdistill.data.builder import build_dataset, build_loader
 from actdistill.data.datasets.synthetic_loader import ensure_synthetic
@@ -65,12 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--config", default="configs/data/synthetic.yaml",
-                    help="data config (default: the repository's; the demo's data settings when absent)")
+                    help="data config: a YAML file or a shipped config name (default: the shipped data/synthetic)")
     ap.add_argument("--out", default="benchmarks/results/data_loading.json")
     args = ap.parse_args(argv)
     ensure_synthetic(args.root)
-    source = args.config if Path(args.config).exists() else {"data": demo_data()}
-    cfg = build_config(ExperimentConfig, source, [f"data.root={args.root}", "data.options.generate=false"])
+    cfg = build_config(ExperimentConfig, args.config, [f"data.root={args.root}", "data.options.generate=false"])
     all_mods = list(cfg.data.modalities)
     rows = []
     base = time_loader(cfg, ["rgb"], 0, args.clips, args.repeats, naive=True)

@@ -55,15 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if Path(args.config).exists():
-        source: object = args.config
-    else:  # installed package: the demo's built-in settings
-        import yaml
-
-        from actdistill.cli_fewshot import DEMO_YAML
-
-        source = yaml.safe_load(DEMO_YAML)
-    cfg = build_config(FewShotConfig, source, ["run.progress=false", *args.overrides])
+    cfg = build_config(FewShotConfig, args.config, ["run.progress=false", *args.overrides])  # a file or shipped name
     ensure_data(cfg)
     tmp_cache = None if args.warm_cache else tempfile.TemporaryDirectory(prefix="fewshot-bench-cache-")
     if tmp_cache is not None:

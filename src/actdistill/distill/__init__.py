@@ -1,18 +1,6 @@
-"""Distillation pieces: modality dropout, CE/KD losses, the frozen teacher wrapper."""
+"""Distillation pieces: modality dropout and the CE/KD losses over task heads."""
 
-from actdistill.distill.dropout import ModalityDropout, mask_inputs, modality_dropout
-from actdistill.distill.losses import LOSSES, CELoss, KDLoss, ce_loss, kd_loss, kl_divergence
-from actdistill.distill.teacher import FrozenTeacher
+from actdistill.distill.dropout import mask_inputs, modality_dropout
+from actdistill.distill.losses import ce_loss, kd_loss, kl_divergence
 
-__all__ = [
-    "LOSSES",
-    "CELoss",
-    "FrozenTeacher",
-    "KDLoss",
-    "ModalityDropout",
-    "ce_loss",
-    "kd_loss",
-    "kl_divergence",
-    "mask_inputs",
-    "modality_dropout",
-]
+__all__ = ["ce_loss", "kd_loss", "kl_divergence", "mask_inputs", "modality_dropout"]

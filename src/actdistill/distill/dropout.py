@@ -77,34 +77,6 @@ def modality_dropout(
     return out
 
 
-class ModalityDropout:
-    """Config-built modality dropout with its own seeded generator (CPU, so runs are reproducible
-    across devices); ``p = 0`` disables it (the "Baseline" ablation row)."""
-
-    def __init__(
-        self,
-        p: float | Sequence[float] = 0.5,
-        on_empty: str = "resample",
-        keep_at_least_one: bool = True,
-        seed: int | None = None,
-    ) -> None:
-        self.p = p
-        self.on_empty = on_empty
-        self.keep_at_least_one = keep_at_least_one
-        self.generator = torch.Generator()
-        if seed is not None:
-            self.generator.manual_seed(seed)
-
-    @property
-    def active(self) -> bool:
-        return bool(torch.as_tensor(self.p).gt(0).any())
-
-    def __call__(self, present: Tensor) -> Tensor:
-        if not self.active:
-            return present.bool().clone()
-        return modality_dropout(present, self.p, self.generator, self.keep_at_least_one, on_empty=self.on_empty)
-
-
 def mask_inputs(inputs: Mapping[str, Tensor], present: Tensor, modalities: Sequence[str]) -> dict[str, Tensor]:
     """Zero the rows of dropped modalities, keeping the batch contract "absent entries are zeros".
 

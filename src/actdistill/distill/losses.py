@@ -14,10 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from actdistill.registry import Registry
-
-LOSSES: Registry[object] = Registry("loss")
-
 
 def _tasks(logits: Mapping[str, Tensor], tasks: Sequence[str] | None) -> list[str]:
     names = list(tasks) if tasks is not None else list(logits)
@@ -99,51 +95,3 @@ def kd_loss(
     out["loss_ce"] = ce["loss_ce"]
     out["loss"] = alpha * T**2 * loss_kd + (1.0 - alpha) * ce["loss_ce"]
     return out
-
-
-@LOSSES.register("ce")
-class CELoss:
-    """Cross-entropy over task heads (teacher training, and the student "Baseline" rows)."""
-
-    needs_teacher = False
-
-    def __init__(self, label_smoothing: float = 0.0, tasks: Sequence[str] | None = None) -> None:
-        self.label_smoothing = label_smoothing
-        self.tasks = tasks
-
-    def __call__(
-        self,
-        student_logits: Mapping[str, Tensor],
-        labels: Mapping[str, Tensor],
-        teacher_logits: Mapping[str, Tensor] | None = None,
-    ) -> dict[str, Tensor]:
-        return ce_loss(student_logits, labels, self.tasks, self.label_smoothing)
-
-
-@LOSSES.register("kd")
-class KDLoss:
-    """KARMMA distillation loss with ``alpha`` ([D] 0.5) and temperature ``T`` ([D] 1) as options."""
-
-    needs_teacher = True
-
-    def __init__(
-        self,
-        alpha: float = 0.5,
-        T: float = 1.0,
-        label_smoothing: float = 0.0,
-        tasks: Sequence[str] | None = None,
-    ) -> None:
-        self.alpha = alpha
-        self.T = T
-        self.label_smoothing = label_smoothing
-        self.tasks = tasks
-
-    def __call__(
-        self,
-        student_logits: Mapping[str, Tensor],
-        labels: Mapping[str, Tensor],
-        teacher_logits: Mapping[str, Tensor] | None = None,
-    ) -> dict[str, Tensor]:
-        if teacher_logits is None:
-            raise ValueError("the kd loss needs teacher logits")
-        return kd_loss(student_logits, teacher_logits, labels, self.alpha, self.T, self.tasks, self.label_smoothing)

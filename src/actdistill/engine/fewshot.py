@@ -174,6 +174,9 @@ class EpisodeEvalConfig:
 
 @dataclass
 class FewShotConfig:
+    # Modules (dotted names, or .py files next to the YAML) imported before the config is built,
+    # so the encoders and datasets they register can be named here: see docs/extending.md.
+    custom_imports: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=_fewshot_data)
     run: RunConfig = field(default_factory=lambda: RunConfig(name="fewshot"))
     cache_root: str = ".cache/actdistill"
@@ -931,8 +934,10 @@ def write_report(run_dir: Path, cfg: FewShotConfig, results: Mapping[str, Mappin
     plot_accuracy(run_dir / "accuracy.png", summary)
     table = render_table(summary)
     (run_dir / "report.md").write_text(
-        "# Few-shot run report\n\nAccuracy (%) on novel classes, mean ± 95% interval (1.96·std/√n) over seeded "
-        f"test episodes (1 query per class).\n\n{table}\n\nStage timings (s): "
+        "# Few-shot run report\n\nAccuracy (%) on the novel classes of split "
+        f"`{cfg.data.test_split}` of {cfg.data.dataset}, mean ± 95% interval (1.96·std/√n) over seeded "
+        f"test episodes ({cfg.eval.query} query per class, eval.seed {cfg.eval.seed}).\n\n{table}\n\n"
+        "Stage timings (s): "
         + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + "\n")
     return summary
 

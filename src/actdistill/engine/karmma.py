@@ -190,6 +190,9 @@ class KarmmaEvalConfig:
 
 @dataclass
 class KarmmaConfig:
+    # Modules (dotted names, or .py files next to the YAML) imported before the config is built,
+    # so the encoders and datasets they register can be named here: see docs/extending.md.
+    custom_imports: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -992,7 +995,7 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
     _log(f"teacher: full {results['teacher']['subsets'][subset_name(pipe.modalities)]:.1f}, "
          f"auc {results['teacher']['auc']:.1f}")
     for kind in cfg.rows:
-        model = pipe.train_row(kind, teacher if kind in ("student", "mmt") else None)
+        model = pipe.train_row(kind, teacher if _row_spec(kind).distil else None)  # any registered distilling row
         models[kind] = model
         results[kind] = pipe.evaluate_row(kind, model)
         full = results[kind]["subsets"][subset_name(pipe.modalities)]

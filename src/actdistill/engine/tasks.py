@@ -63,11 +63,31 @@ class RowSpec:
         return "late_fusion" if self.late_fusion else f"fusion:{self.missing or 'default'}"
 
 
-ROWS: Registry[RowSpec] = Registry("row")
+def _row_contract(factory: Any) -> str | None:
+    if isinstance(factory, RowSpec):
+        return "register a RowSpec with register_row(spec), not ROWS.register"
+    if not callable(factory):
+        return f"{factory!r} is not callable"
+    try:
+        spec = factory()
+    except TypeError as err:
+        return f"a row entry is a function of no arguments returning its RowSpec ({err})"
+    if not isinstance(spec, RowSpec):
+        return f"expected a RowSpec, got {type(spec).__qualname__}"
+    return None
+
+
+ROWS: Registry[RowSpec] = Registry(
+    "row", contract=_row_contract,
+    what="register_row(RowSpec(name, description, dropout=..., distil=..., missing=..., late_fusion=...))",
+)
 
 
 def register_row(spec: RowSpec) -> RowSpec:
-    ROWS.register(spec.name)(lambda: spec)
+    """Add ``spec`` to :data:`ROWS` under ``spec.name`` (a taken name is a ``KeyError``)."""
+    name = spec.name if isinstance(spec, RowSpec) else repr(spec)
+    description = spec.description if isinstance(spec, RowSpec) else None
+    ROWS.register(name, description=description)(lambda: spec)
     return spec
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,11 @@ class DatasetSpec:
         **options: Any,
     ) -> DatasetIndex:
         module, func = self.loader.split(":")
-        fn: Callable[..., DatasetIndex] = getattr(importlib.import_module(module), func)
+        fn: Callable[..., DatasetIndex] | None = getattr(importlib.import_module(module), func, None)
+        problem = loader_problem(fn, self.annotations_arg, self.loader)
+        if problem:  # a plugin's loader, found wrong when first used: one line, not a traceback
+            raise ValueError(f"dataset {self.name!r}: {problem}")
+        assert fn is not None
         accepted = inspect.signature(fn).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
         kwargs: dict[str, Any] = {**self.defaults, **options}
@@ -56,11 +61,72 @@ class DatasetSpec:
         return fn(root=root, split=split, **kwargs)
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
+def loader_problem(fn: Any, annotations_arg: str, loader: str) -> str | None:
+    """What is wrong with ``fn`` as a dataset loader (``None``: nothing): the adapter signature is
+    ``(root, split, [modalities], [<annotations_arg>], **options) -> DatasetIndex``; ``modalities``
+    and the annotations argument are passed only when the loader takes them (or when given)."""
+    if fn is None:
+        return f"loader {loader!r}: the module has no such function"
+    if not callable(fn):
+        return f"loader {loader!r} is not callable"
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    missing = [a for a in ("root", "split") if a not in params and not takes_any]
+    if missing:
+        return (f"loader {loader!r} takes no {' or '.join(missing)} argument (a loader is called as "
+                f"fn(root=..., split=..., [modalities=...], [{annotations_arg}=...], **options) and returns a "
+                "DatasetIndex)")
+    return None
+
+
+def spec_problem(spec: Any) -> str | None:
+    """What is wrong with ``spec`` as a dataset entry (``None``: nothing). The loader's module is
+    imported lazily (optional dependencies load only when the dataset is used), so its function is
+    checked here only when the module is already imported, as a plugin's own module is; otherwise
+    when the dataset is first loaded."""
+    if not isinstance(spec, DatasetSpec):
+        return f"expected a DatasetSpec, got {type(spec).__qualname__}"
+    module, sep, func = spec.loader.partition(":") if isinstance(spec.loader, str) else ("", "", "")
+    if not (module and sep and func):
+        return f"loader must be 'module:function' (e.g. f'{{__name__}}:load_mine'), got {spec.loader!r}"
+    for key in ("splits", "modalities"):
+        value = getattr(spec, key)
+        if not isinstance(value, tuple | list) or not value or not all(isinstance(v, str) for v in value):
+            return f"{key} must be a non-empty tuple of names, got {value!r}"
+    if not isinstance(spec.description, str):
+        return f"description must be a string, got {spec.description!r}"
+    if module in sys.modules and hasattr(sys.modules[module], func):
+        return loader_problem(getattr(sys.modules[module], func), spec.annotations_arg, spec.loader)
+    return None
+
+
+def _dataset_contract(factory: Any) -> str | None:
+    if isinstance(factory, DatasetSpec):
+        return "register a DatasetSpec with register_dataset(spec), not DATASETS.register"
+    if not callable(factory):
+        return f"{factory!r} is not callable"
+    try:
+        spec = factory()
+    except TypeError as err:
+        return f"a dataset entry is a function of no arguments returning its DatasetSpec ({err})"
+    return spec_problem(spec)
+
+
+DATASETS: Registry[DatasetSpec] = Registry(
+    "dataset", contract=_dataset_contract,
+    what="register_dataset(DatasetSpec(name, 'module:function', splits, modalities, description)); see "
+    "docs/extending.md",
+)
 
 
 def register_dataset(spec: DatasetSpec) -> None:
-    DATASETS.register(spec.name)(lambda: spec)
+    """Add ``spec`` to :data:`DATASETS` under ``spec.name`` (checked: see :func:`spec_problem`)."""
+    name = spec.name if isinstance(spec, DatasetSpec) else repr(spec)
+    description = spec.description if isinstance(spec, DatasetSpec) and isinstance(spec.description, str) else None
+    DATASETS.register(name, description=description)(lambda: spec)
 
 
 def get_dataset(name: str) -> DatasetSpec:

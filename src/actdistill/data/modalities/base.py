@@ -10,6 +10,7 @@ naming the file on bad input and never return fabricated data.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,11 @@ import torch
 from actdistill.data.records import Problem, Segment, Source
 from actdistill.registry import Registry
 
-READERS: Registry[ModalityReader] = Registry("modality reader")
+READERS: Registry[ModalityReader] = Registry(
+    "modality reader", contract=lambda obj: reader_problem(obj),
+    what="a reader is a ModalityReader subclass whose read(source, frames, segment) returns a float tensor "
+    "[len(frames), ...]; its constructor's keyword arguments are the data.readers.<modality> options",
+)
 
 
 def modality_kind(name: str) -> str:
@@ -103,3 +108,13 @@ class ModalityReader(ABC):
         if not Path(source.path).exists():
             return Problem(source.path, f"{self.modality} source not found", "missing")
         return None
+
+
+def reader_problem(obj: Any) -> str | None:
+    """What is wrong with registering ``obj`` as a modality reader (``None``: nothing)."""
+    if not (isinstance(obj, type) and issubclass(obj, ModalityReader)):
+        what = f"{obj.__module__}.{obj.__qualname__}" if isinstance(obj, type) else repr(obj)
+        return f"{what} is not a subclass of actdistill.data.modalities.base.ModalityReader"
+    if inspect.isabstract(obj):
+        return f"{obj.__name__} does not define {', '.join(sorted(obj.__abstractmethods__))}"
+    return None

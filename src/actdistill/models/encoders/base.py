@@ -10,6 +10,8 @@ no sample of the batch has, and needs to know how many.
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,8 +21,6 @@ import torch
 from torch import Tensor, nn
 
 from actdistill.registry import Registry
-
-ENCODERS: Registry[Encoder] = Registry("encoder")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,6 +87,49 @@ class Encoder(nn.Module):
         """Called at the end of every subclass ``__init__`` so ``freeze=True`` works uniformly."""
         if frozen:
             self.freeze()
+
+
+def _takes_modality(fn: Any) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: let the call decide
+        return True
+    return "modality" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def encoder_contract(obj: Any) -> str | None:
+    """What is wrong with registering ``obj`` as an encoder (``None``: nothing): an
+    :class:`Encoder` subclass defining ``encode`` and ``num_tokens``, or a function returning one;
+    either takes ``modality=`` (and the config entry's options) as keyword arguments."""
+    if inspect.isclass(obj):
+        if not issubclass(obj, Encoder):
+            return f"{obj.__module__}.{obj.__qualname__} is not a subclass of actdistill.models.encoders.Encoder"
+        missing = [m for m in ("encode", "num_tokens") if getattr(obj, m) is getattr(Encoder, m)]
+        if missing:
+            return f"{obj.__name__} does not define {' or '.join(missing)}"
+    elif not callable(obj):
+        return f"{obj!r} is neither an Encoder subclass nor a function returning one"
+    if not _takes_modality(obj):
+        return f"{getattr(obj, '__qualname__', obj)!r} takes no modality= keyword argument"
+    return None
+
+
+def built_encoder_problem(enc: Any) -> str | None:
+    """What is wrong with ``enc``, the product of a registered encoder (``None``: nothing)."""
+    if not isinstance(enc, Encoder):
+        return f"a {type(enc).__qualname__}, not an actdistill.models.encoders.Encoder"
+    out_dim = getattr(enc, "out_dim", None)
+    if not isinstance(out_dim, numbers.Integral) or isinstance(out_dim, bool) or out_dim < 1:
+        return f"an encoder whose out_dim is {out_dim!r}; set self.out_dim (the token width d) in __init__"
+    return None
+
+
+ENCODERS: Registry[Encoder] = Registry(
+    "encoder", contract=encoder_contract, check_built=built_encoder_problem,
+    what="an encoder is an Encoder subclass, or a function returning one, built with modality=<name> and "
+    "the config entry's options: encode([B, T, ...]) -> tokens [B, n, d], num_tokens(T) -> n, and an "
+    "integer out_dim = d; see docs/extending.md",
+)
 
 
 class FrozenExtractor(Encoder):

@@ -5,11 +5,12 @@ Baselines: ``protonet`` (mean-pooled frames), ``otam`` (ordered temporal alignme
 (CLIP-M²DF, ``specs/clip_m2df.md``). All share one contract
 (:class:`~actdistill.models.fewshot.protonet.EpisodicHead`): frame features ``[B, T, D]`` and
 one episode in, ``{"logits": [Q, way], "loss": ..., "loss_*": ...}`` out, plus the per-video
-split used by cached evaluation. CLIP-M²DF and its reference-checkpoint import (including the
-reference's argument order, ``reference_forward``) are written separately and exported when present.
+split used by cached evaluation. CLIP-M²DF's reference-checkpoint import (including the
+reference's argument order, ``reference_forward``) is exported here too.
 """
 
 from actdistill.models.fewshot.clip_fsar import CLIPFSAR, TemporalTransformer
+from actdistill.models.fewshot.clip_m2df import CLIPM2DF, count_parameters
 from actdistill.models.fewshot.otam import OTAM, frame_cosine_distance, otam_distance, otam_distance_loop
 from actdistill.models.fewshot.protonet import (
     FEWSHOT_HEADS,
@@ -22,47 +23,38 @@ from actdistill.models.fewshot.protonet import (
     fewshot_methods,
     register_head,
 )
+from actdistill.models.fewshot.reference_import import (
+    ImportReport,
+    export_reference_state_dict,
+    load_reference_state_dict,
+    read_state_dict,
+    reference_forward,
+)
 from actdistill.models.fewshot.trx import TRX, TemporalCrossTransformer
 
 __all__ = [
     "CLIPFSAR",
+    "CLIPM2DF",
     "FEWSHOT_HEADS",
     "OTAM",
     "TRX",
     "EpisodicHead",
     "FewShotHead",
+    "ImportReport",
     "ProtoNet",
     "TemporalCrossTransformer",
     "TemporalTransformer",
     "build_backbone",
     "class_means",
+    "count_parameters",
     "episode_way",
+    "export_reference_state_dict",
     "fewshot_methods",
     "frame_cosine_distance",
+    "load_reference_state_dict",
     "otam_distance",
     "otam_distance_loop",
+    "read_state_dict",
+    "reference_forward",
     "register_head",
 ]
-
-try:  # the baselines must work before (and without) the CLIP-M²DF modules
-    from actdistill.models.fewshot.clip_m2df import CLIPM2DF, count_parameters
-    from actdistill.models.fewshot.reference_import import (
-        ImportReport,
-        export_reference_state_dict,
-        load_reference_state_dict,
-        read_state_dict,
-        reference_forward,
-    )
-except ModuleNotFoundError as e:
-    if e.name not in (f"{__name__}.clip_m2df", f"{__name__}.reference_import"):
-        raise  # a module exists but one of its own imports is missing: say so instead of hiding it
-else:
-    __all__ += [
-        "CLIPM2DF",
-        "ImportReport",
-        "count_parameters",
-        "export_reference_state_dict",
-        "load_reference_state_dict",
-        "read_state_dict",
-        "reference_forward",
-    ]

