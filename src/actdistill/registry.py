@@ -46,6 +46,25 @@ def first_line(obj: Any) -> str:
     return para
 
 
+def spec_factory_problem(factory: Any, spec_type: type, register: str,
+                         check: Callable[[Any], str | None] | None = None) -> str | None:
+    """The contract of a registry whose entries are no-argument factories of a ``spec_type``
+    (datasets, rows): the problem with ``factory`` as one line, or None. ``register`` names the
+    function users call instead of registering a bare spec; ``check`` validates the built spec."""
+    name = spec_type.__qualname__
+    if isinstance(factory, spec_type):
+        return f"register a {name} with {register}(spec), not .register"
+    if not callable(factory):
+        return f"{factory!r} is not callable"
+    try:
+        spec = factory()
+    except TypeError as err:
+        return f"an entry is a function of no arguments returning its {name} ({err})"
+    if not isinstance(spec, spec_type):
+        return f"expected a {name}, got {type(spec).__qualname__}"
+    return check(spec) if check is not None else None
+
+
 def _qualname(obj: Any) -> str:
     name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
     module = getattr(obj, "__module__", None)

@@ -31,7 +31,7 @@ from actdistill.distill.losses import ce_loss, kd_loss
 from actdistill.models.encoders.base import Encoder
 from actdistill.models.fusion import KARMMAFusion, MultimodalRecognizer
 from actdistill.models.heads import MultiHeadMLP
-from actdistill.registry import Registry
+from actdistill.registry import Registry, spec_factory_problem
 
 Batch = Mapping[str, Any]
 Losses = dict[str, torch.Tensor]
@@ -64,17 +64,7 @@ class RowSpec:
 
 
 def _row_contract(factory: Any) -> str | None:
-    if isinstance(factory, RowSpec):
-        return "register a RowSpec with register_row(spec), not ROWS.register"
-    if not callable(factory):
-        return f"{factory!r} is not callable"
-    try:
-        spec = factory()
-    except TypeError as err:
-        return f"a row entry is a function of no arguments returning its RowSpec ({err})"
-    if not isinstance(spec, RowSpec):
-        return f"expected a RowSpec, got {type(spec).__qualname__}"
-    return None
+    return spec_factory_problem(factory, RowSpec, "register_row")
 
 
 ROWS: Registry[RowSpec] = Registry(

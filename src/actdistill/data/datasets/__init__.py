@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from actdistill.data.records import DatasetIndex
-from actdistill.registry import Registry
+from actdistill.registry import Registry, spec_factory_problem
 
 
 @dataclass(frozen=True)
@@ -104,15 +104,7 @@ def spec_problem(spec: Any) -> str | None:
 
 
 def _dataset_contract(factory: Any) -> str | None:
-    if isinstance(factory, DatasetSpec):
-        return "register a DatasetSpec with register_dataset(spec), not DATASETS.register"
-    if not callable(factory):
-        return f"{factory!r} is not callable"
-    try:
-        spec = factory()
-    except TypeError as err:
-        return f"a dataset entry is a function of no arguments returning its DatasetSpec ({err})"
-    return spec_problem(spec)
+    return spec_factory_problem(factory, DatasetSpec, "register_dataset", spec_problem)
 
 
 DATASETS: Registry[DatasetSpec] = Registry(
