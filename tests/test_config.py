@@ -65,3 +65,49 @@ def test_run_dir_never_overwrites(tmp_path: Path) -> None:
     path = save_config(a, cfg)
     again = build_config(ExperimentConfig, path)
     assert to_dict(again) == to_dict(cfg)
+
+
+def test_an_override_sets_its_path_and_nothing_else(tmp_path: Path) -> None:
+    """One rule for dotted overrides: a key inside a free-form mapping is set in the mapping in
+    effect (the YAML's or the default's, whose other keys stay); a mapping value replaces the
+    mapping whole (``data.options={}`` clears it), as the same mapping in a YAML does; a mapping
+    for a dataclass section sets the keys it names."""
+    from actdistill.engine.fewshot import FewShotConfig
+    from actdistill.engine.karmma import KarmmaConfig
+
+    fs = build_config(FewShotConfig, None, ["data.options.split_seed=3"])
+    assert fs.data.options == {**FewShotConfig().data.options, "split_seed": 3}  # the default's key stays
+    assert build_config(FewShotConfig, None, ["data.options={}"]).data.options == {}
+    exp = tmp_path / "k.yaml"
+    exp.write_text("data:\n  options: {seed: 0, size: small}\nstudent:\n  model:\n    fusion: {dim: 96, depth: 1}\n")
+    assert build_config(KarmmaConfig, exp, ["data.options={}"]).data.options == {}
+    assert build_config(KarmmaConfig, exp, ["data.options={size: tiny}"]).data.options == {"size": "tiny"}
+    assert build_config(KarmmaConfig, exp, ["data.options.size=tiny"]).data.options == {"seed": 0, "size": "tiny"}
+    assert build_config(KarmmaConfig, exp, ["student.model.fusion.dim=64"]).student.model.fusion == {
+        "dim": 64, "depth": 1}
+    default_fusion = KarmmaConfig().student.model.fusion
+    assert len(default_fusion) > 1  # no YAML: the default's keys stay
+    assert build_config(KarmmaConfig, None, ["student.model.fusion.dim=8"]).student.model.fusion == {
+        **default_fusion, "dim": 8}
+    assert build_config(KarmmaConfig, None, ["student.model.fusion={dim: 8}"]).student.model.fusion == {"dim": 8}
+    section = build_config(KarmmaConfig, exp, ["data={root: /x}", "data.readers.audio.n_mels=32"])
+    assert section.data.root == "/x" and section.data.options == {"seed": 0, "size": "small"}
+    assert section.data.readers["audio"] == {"n_mels": 32}
+
+
+def test_a_saved_run_config_names_its_job_and_builds_again(tmp_path: Path) -> None:
+    from actdistill.deploy.recognizer import run_kind
+    from actdistill.engine.fewshot import FewShotConfig
+    from actdistill.engine.karmma import KarmmaConfig
+
+    for cls, job in ((KarmmaConfig, "karmma"), (FewShotConfig, "fewshot"), (ExperimentConfig, "data")):
+        run = tmp_path / job
+        run.mkdir()
+        cfg = build_config(cls, None, ["run.seed=7"])
+        path = save_config(run, cfg)
+        assert path.read_text().startswith(f"job: {job}\n")
+        assert to_dict(build_config(cls, path)) == to_dict(cfg)
+        if job != "data":
+            assert run_kind(run) == job
+    with pytest.raises(ConfigError, match="a karmma config"):
+        build_config(FewShotConfig, tmp_path / "karmma" / "config.yaml")

@@ -48,10 +48,20 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="adapter option, e.g. --option frames=tar (repeatable)")
     s.add_argument("--json", action="store_true", help="print JSON")
+    _add_import(s)
     s.set_defaults(func=cmd_data_summary)
 
     s = dsub.add_parser("list", help="list the dataset adapters")
+    _add_import(s)
     s.set_defaults(func=cmd_data_list)
+
+
+def _add_import(p: argparse.ArgumentParser) -> None:
+    """``--import MODULE``: a user's module (dotted name or .py file) that registers a dataset
+    adapter or reader, imported (after the installed plugins) before the command runs."""
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="a module (dotted name, or a .py file) to import first, e.g. one that registers "
+                   "a dataset adapter (repeatable; installed actdistill.plugins load anyway)")
 
 
 def _add_config(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +92,7 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the main job on the built-in synthetic dataset",
                        description="The main job on the synthetic default dataset (generated if absent).")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.batch_size=8")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. student.optim.epochs=5")
     p.add_argument("--experiment", help="experiment YAML to start from")
     p.set_defaults(func=cmd_demo)
 
@@ -215,8 +225,10 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_summary(args: argparse.Namespace) -> int:
+    from actdistill.cli_list import load_user_modules
     from actdistill.data.summary import format_summary, summarize
 
+    load_user_modules(None, args.imports)
     splits = [s for s in args.splits.split(",") if s] if args.splits else None
     mods = [m for m in args.modalities.split(",") if m] if args.modalities else None
     options = _parse_options(args.option)
@@ -228,8 +240,10 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
+    from actdistill.cli_list import load_user_modules
     from actdistill.data.datasets import DATASETS, get_dataset
 
+    load_user_modules(None, args.imports)
     for name in DATASETS.names():
         spec = get_dataset(name)
         print(f"{name:<20} splits: {','.join(spec.splits):<45} {spec.description}")

@@ -210,22 +210,79 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _overrides_tree(cls: Any, overrides: list[str]) -> dict[str, Any]:
-    """Dotted ``key.sub=value`` texts -> one nested mapping (later texts win), keys checked against ``cls``."""
-    data: dict[str, Any] = {}
+def _default_at(cls: Any, path: list[str]) -> Any:
+    """The default value at dotted ``path`` of dataclass ``cls`` (the enclosing section's default,
+    as :func:`from_dict` keeps it), or ``None`` where the path leaves the defaults."""
+    node: Any = cls()
+    for part in path:
+        if dataclasses.is_dataclass(node):
+            node = getattr(node, part, None)
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+    return node
+
+
+def _schema_walk(cls: Any, path: list[str]) -> tuple[int | None, bool]:
+    """``(depth, section)``: how many leading parts of ``path`` name dataclass fields before a
+    free-form mapping field (``data.options.size``: 2; ``None`` when every part is a field), and
+    whether ``path`` itself names a dataclass section (``data``)."""
+    node = cls
+    for i, part in enumerate(path):
+        if not dataclasses.is_dataclass(node):
+            return i, False
+        node = typing.get_type_hints(node)[part]
+        if typing.get_origin(node) in (Union, types.UnionType):
+            inner = [a for a in typing.get_args(node) if a is not type(None)]
+            node = inner[0] if len(inner) == 1 else node
+    return None, dataclasses.is_dataclass(node)
+
+
+def _in_effect(cls: Any, path: list[str], depth: int | None, node: dict[str, Any]) -> dict[str, Any]:
+    """The mapping at ``path`` whose last part is a key of ``node``: ``node``'s own, else (inside
+    or at a free-form mapping, which begins at ``path[depth - 1]``) the default's, else a new one."""
+    key = path[-1]
+    if isinstance(node.get(key), dict):
+        return node[key]
+    seed = _default_at(cls, path) if depth is None or len(path) >= depth else None
+    return copy.deepcopy(to_dict(seed)) if isinstance(seed, dict) else {}
+
+
+def apply_overrides(cls: Any, data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` (the experiment mapping) with dotted ``key.sub=value`` texts applied in order, keys
+    checked against ``cls``.
+
+    One rule: an override sets the value at its path and nothing else. A path into a free-form
+    mapping (``data.options.size=tiny``, ``student.model.fusion.dim=64``) sets that one key of the
+    mapping in effect (the YAML's, else the default's), whose other keys stay; a mapping value
+    (``data.options={size: tiny}``, ``data.options={}``) is the new value of its field, replacing
+    the mapping whole, as the same mapping in a YAML does: options meant for one encoder or dataset
+    never leak into another. A mapping given for a dataclass section (``data={root: x}``) is not a
+    value but a group of keys: it sets the keys it names."""
+    out = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
         _check_path(cls, path)
-        node: dict[str, Any] = {}
-        cur = node
-        for part in path[:-1]:
-            cur = cur.setdefault(part, {})
-        cur[path[-1]] = value
-        data = merge(data, node)
-    return data
+        depth, section = _schema_walk(cls, path)
+        cur = out
+        for i, part in enumerate(path[:-1]):
+            cur[part] = _in_effect(cls, path[: i + 1], depth, cur)
+            cur = cur[part]
+        leaf = path[-1]
+        if section and isinstance(value, dict):
+            cur[leaf] = merge(_in_effect(cls, path, depth, cur), value)
+        else:
+            cur[leaf] = value
+    return out
 
 
-def _plugins(cls: Any, data: dict[str, Any], experiment: Any) -> None:
+def _overrides_tree(cls: Any, overrides: list[str]) -> dict[str, Any]:
+    """Dotted ``key.sub=value`` texts -> one nested mapping (later texts win), keys checked against ``cls``."""
+    return apply_overrides(cls, {}, overrides)
+
+
+def _plugins(cls: Any, data: dict[str, Any], experiment: Path | None) -> None:
     """Before a config is built: the installed plugins (entry points, once per process) and the
     modules of its ``custom_imports`` (where ``cls`` has that key), so that the encoders and
     datasets they register exist when the config names them. File entries are resolved against the
@@ -236,8 +293,8 @@ def _plugins(cls: Any, data: dict[str, Any], experiment: Any) -> None:
     if "custom_imports" not in data or "custom_imports" not in typing.get_type_hints(cls):
         return
     base: list[Path] = []
-    if isinstance(experiment, str | Path) and Path(experiment).is_file():
-        base.append(Path(experiment).resolve().parent)
+    if experiment is not None and experiment.is_file():
+        base.append(experiment.resolve().parent)
     data["custom_imports"] = import_custom(data["custom_imports"], base)
 
 
@@ -257,6 +314,7 @@ def build_config(
     from actdistill.shipped import check_job, resolve_experiment  # (that module imports this one)
 
     data: dict[str, Any] = _overrides_tree(cls, list(defaults or []))
+    path: Path | None = None
     if isinstance(experiment, dict):
         exp, where = dict(experiment), "job"
     elif experiment is not None:
@@ -266,9 +324,8 @@ def build_config(
         exp, where = {}, "job"
     if "job" in exp:
         check_job(cls, exp.pop("job"), where)
-    data = merge(data, exp)
-    data = merge(data, _overrides_tree(cls, list(overrides or [])))
-    _plugins(cls, data, experiment)
+    data = apply_overrides(cls, merge(data, exp), list(overrides or []))
+    _plugins(cls, data, path)
     return from_dict(cls, data)
 
 

@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from actdistill.config import dump_yaml
+from actdistill.config import to_dict
 from actdistill.data.records import DataError
 
 LOCK_NAME = "run.lock"
@@ -266,6 +266,15 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def save_config(run_dir: str | Path, cfg: Any) -> Path:
+    """Write ``cfg`` as ``run_dir/config.yaml``, headed by its ``job:`` (``karmma``, ``fewshot``)
+    so that the file says which command it belongs to and ``config show`` / the deploy commands
+    need not infer it from the keys."""
+    import yaml
+
+    from actdistill.shipped import job_name
+
     path = Path(run_dir) / "config.yaml"
-    dump_yaml(cfg, path)
+    job = job_name(type(cfg))
+    data = to_dict(cfg)
+    atomic_write_text(path, yaml.safe_dump({"job": job, **data} if job else data, sort_keys=False))
     return path

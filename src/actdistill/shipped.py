@@ -76,13 +76,19 @@ JOBS = {
 }
 
 
+def job_name(cls: type) -> str | None:
+    """The job whose config class is ``cls`` (``"karmma"`` for ``KarmmaConfig``), or None."""
+    owner = next((j for j in JOBS.values() if (j.module, j.class_name) == (cls.__module__, cls.__qualname__)), None)
+    return owner.name if owner is not None else None
+
+
 def check_job(cls: type, job: Any, where: str) -> None:
     """Refuse a YAML whose ``job:`` names another job than the one ``cls`` configures."""
     if job not in JOBS:
         raise ConfigError(f"{where}: unknown job {job!r} (known: {', '.join(JOBS)})")
-    owner = next((j for j in JOBS.values() if (j.module, j.class_name) == (cls.__module__, cls.__qualname__)), None)
-    if owner is not None and owner.name != job:
-        raise ConfigError(f"{where}: a {job} config (job: {job}), not one for the {owner.name} job")
+    owner = job_name(cls)
+    if owner is not None and owner != job:
+        raise ConfigError(f"{where}: a {job} config (job: {job}), not one for the {owner} job")
 
 
 def _known_keys(cls: Any, data: Mapping[str, Any]) -> int:
@@ -130,9 +136,10 @@ def show_config(experiment: str | Path | None, overrides: list[str], job: str | 
     The job is ``job``, else the YAML's ``job:`` key, else inferred from the keys the YAML and the
     overrides set (``config show student.alpha=0.7`` is KARMMA's). A YAML whose ``job:`` names
     another job than ``job`` is refused."""
-    data = load_yaml(resolve_experiment(experiment)) if experiment is not None else {}
+    path = resolve_experiment(experiment) if experiment is not None else None
+    data = load_yaml(path) if path is not None else {}
     chosen = infer_job({**merge(_override_keys(overrides), data), **({"job": job} if job else {})})
     defaults = list(chosen.defaults)
-    cfg = build_config(chosen.cls, data, overrides, defaults=defaults)
+    cfg = build_config(chosen.cls, path, overrides, defaults=defaults)  # the path: custom_imports beside it
     shown = config_diff(cfg, build_config(chosen.cls, None, None, defaults=defaults)) if diff else to_dict(cfg)
     return yaml.safe_dump({"job": chosen.name, **shown}, sort_keys=False)

@@ -52,6 +52,8 @@ def run_kind(run_dir: str | Path) -> str:
     except (OSError, yaml.YAMLError) as e:
         raise DataError(path, f"cannot read the run's config: {e}") from None
     keys = set(cfg) if isinstance(cfg, dict) else set()
+    if isinstance(cfg, dict) and cfg.get("job") in ("fewshot", "karmma"):
+        return str(cfg["job"])
     return "fewshot" if {"heads", "backbone"} <= keys or "cache_root" in keys else "karmma"
 
 
