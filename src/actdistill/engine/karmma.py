@@ -76,9 +76,9 @@ from actdistill.evaluation.protocols import (
     subset_name,
 )
 from actdistill.experiment import RunConfig
+from actdistill.models.base import FUSION
 from actdistill.models.encoders.base import Encoder, build_encoder, encoder_entry, with_data_channels
-from actdistill.models.fusion import KARMMAFusion, MultimodalRecognizer, build_karmma
-from actdistill.models.late_fusion import build_late_fusion
+from actdistill.models.fusion import KARMMAFusion, MultimodalRecognizer
 from actdistill.seeding import stable_seed
 
 ROW_KINDS = tuple(ROWS.names())  # the registered rows (engine.tasks.ROWS); kept for callers of the tuple
@@ -86,8 +86,12 @@ ROW_KINDS = tuple(ROWS.names())  # the registered rows (engine.tasks.ROWS); kept
 
 @dataclass
 class ModelSpec:
-    """Encoders per modality (``{name, **options}``; default: built-in compact of ``size``) + fusion options."""
+    """Encoders per modality (``{name, **options}``; default: built-in compact of ``size``) + fusion options.
 
+    ``name``: the registered fusion model (``actdistill list fusion``) the student rows train;
+    the teacher is always ``karmma`` (its fusion block trains on cached extractor tokens)."""
+
+    name: str = "karmma"
     size: str = "student"
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     fusion: dict[str, Any] = field(default_factory=dict)
@@ -288,8 +292,14 @@ def validate(cfg: KarmmaConfig) -> None:
         _in_range(section.modality_dropout, f"{who}.modality_dropout", 0, 1)
         _in_range(section.single_passes, f"{who}.single_passes", 0)
         missing = section.model.fusion.get("missing")
-        if missing is not None:
+        if missing is not None and section.model.name == "karmma":
             _one_of(str(missing), f"{who}.model.fusion.missing", MISSING_MODES)
+    _require(cfg.teacher.model.name == "karmma", "teacher.model.name",
+             f"is {cfg.teacher.model.name!r}; the teacher is karmma (its fusion block trains on cached "
+             "extractor tokens); student.model.name picks the rows' model")
+    _require(cfg.student.model.name in FUSION, "student.model.name",
+             f"unknown fusion model {cfg.student.model.name!r}; known: {', '.join(FUSION.names())} "
+             "(register your own with actdistill.models.register_fusion, see docs/extending.md)")
     s = cfg.student
     _in_range(s.alpha, "student.alpha", 0, 1, hi_open=False)
     _require(math.isfinite(s.temperature) and s.temperature > 0, "student.temperature",
@@ -306,6 +316,14 @@ def validate(cfg: KarmmaConfig) -> None:
     _require(not unknown, "rows", f"unknown row(s) {unknown}; known: {', '.join(known_rows)}")
     dup = sorted({r for r in cfg.rows if cfg.rows.count(r) > 1})
     _require(not dup, "rows", f"{dup} listed twice")
+    for r in cfg.rows:  # a row's own model, and a missing-modality mode only a karmma model has
+        spec = row_spec(r)
+        model = spec.model or cfg.student.model.name
+        _require(model in FUSION, "rows", f"row {r!r} trains fusion model {model!r}, which is not registered; "
+                 f"known: {', '.join(FUSION.names())}")
+        _require(spec.missing is None or model == "karmma", "rows",
+                 f"row {r!r} sets the karmma fusion's missing mode {spec.missing!r}, but student.model.name is "
+                 f"{model!r}")
 
     e = cfg.eval
     _require(bool(e.drop_rates), "eval.drop_rates", "is empty; give at least one rate, e.g. [0.0, 0.5]")
@@ -386,12 +404,16 @@ def build_row(cfg: KarmmaConfig, modalities: tuple[str, ...], heads: dict[str, i
     row = _row_spec(kind)
     spec = cfg.student.model
     enc = {m: {"name": n, **o} for m in modalities for n, o in [_spec_opts(spec, m, shapes, "student.model.encoders")]}
-    if row.late_fusion:
-        return build_late_fusion(modalities, heads, spec.size, enc)
-    fusion = dict(spec.fusion)
+    name = row.model or spec.name
+    # student.model.fusion configures the student's model; a row naming another model builds it
+    # with its defaults (late_fusion has no fusion block to configure)
+    options = dict(spec.fusion) if name == spec.name else {}
     if row.missing is not None:
-        fusion["missing"] = row.missing
-    return build_karmma(modalities, heads, spec.size, enc, **fusion)
+        options["missing"] = row.missing
+    try:
+        return FUSION.build(name, modalities, heads, spec.size, enc, **options)
+    except KeyError as err:
+        raise ValueError(f"row {kind!r}: {err.args[0]}") from None
 
 
 def _row_spec(kind: str) -> Any:

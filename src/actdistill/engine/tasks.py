@@ -45,22 +45,28 @@ class RowSpec:
     ``dropout``: modality dropout at ``student.modality_dropout`` (the Baseline row trains on
     complete input). ``distil``: KD from the frozen teacher (``student.alpha``, ``temperature``,
     ``teacher_input``). ``missing``: the fusion's missing-modality mode, overriding
-    ``student.model.fusion.missing`` (MMT: one shared token). ``late_fusion``: per-modality
-    classifiers averaged instead of the fusion block. ``single_passes``: whether
-    ``student.single_passes`` applies (not to a row that never sees missing modalities)."""
+    ``student.model.fusion.missing`` (MMT: one shared token). ``model``: the registered fusion
+    model (:data:`~actdistill.models.base.FUSION`) this row trains instead of the student's
+    ``student.model.name`` (``late_fusion``: per-modality classifiers averaged, no fusion block).
+    ``single_passes``: whether ``student.single_passes`` applies (not to a row that never sees
+    missing modalities)."""
 
     name: str
     description: str
     dropout: bool = True
     distil: bool = False
     missing: str | None = None
-    late_fusion: bool = False
+    model: str | None = None
     single_passes: bool = True
+
+    @property
+    def late_fusion(self) -> bool:
+        return self.model == "late_fusion"
 
     @property
     def architecture(self) -> str:
         """Rows with the same architecture run the same network (profiled once)."""
-        return "late_fusion" if self.late_fusion else f"fusion:{self.missing or 'default'}"
+        return f"{self.model or 'student'}:{self.missing or 'default'}"
 
 
 def _row_contract(factory: Any) -> str | None:
@@ -69,7 +75,7 @@ def _row_contract(factory: Any) -> str | None:
 
 ROWS: Registry[RowSpec] = Registry(
     "row", contract=_row_contract,
-    what="register_row(RowSpec(name, description, dropout=..., distil=..., missing=..., late_fusion=...))",
+    what="register_row(RowSpec(name, description, dropout=..., distil=..., missing=..., model=...))",
 )
 
 
@@ -88,7 +94,7 @@ register_row(RowSpec("student", "KARMMA student: Baseline w/ δ + distillation f
 register_row(RowSpec("mmt", "the student trained with one shared Missing Modality Token", distil=True,
                      missing="single_token"))
 register_row(RowSpec("late_fusion", "one classifier per modality, logits averaged over present ones",
-                     late_fusion=True, single_passes=False))
+                     model="late_fusion", single_passes=False))
 
 
 def row_spec(kind: str) -> RowSpec:

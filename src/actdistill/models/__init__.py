@@ -1,10 +1,10 @@
 """Models: unimodal encoders, the KARMMA fusion recognizer, the late-fusion ensemble.
 
-Build by name from config with ``MODELS.build("karmma", modalities=..., heads=..., size=...)``
+Build by name from config with ``FUSION.build("karmma", modalities, heads, size, encoders)``
 or compose :class:`MultimodalRecognizer` from ``ENCODERS`` and :class:`KARMMAFusion` directly.
 """
 
-from actdistill.models.base import MODELS, average_logits, encode_present, select_present
+from actdistill.models.base import FUSION, MODELS, average_logits, encode_present, register_fusion, select_present
 from actdistill.models.encoders import (
     ENCODERS,
     Encoder,
@@ -26,6 +26,7 @@ from actdistill.models.late_fusion import LateFusion, build_late_fusion
 
 __all__ = [
     "ENCODERS",
+    "FUSION",
     "FUSION_PRESETS",
     "MISSING_MODES",
     "MODELS",
@@ -43,5 +44,6 @@ __all__ = [
     "encode_present",
     "freeze",
     "load_state_dict_file",
+    "register_fusion",
     "select_present",
 ]

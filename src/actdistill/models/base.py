@@ -1,4 +1,5 @@
-"""Shared pieces of the multimodal models: the ``MODELS`` registry and presence-mask helpers.
+"""Shared pieces of the multimodal models: the ``FUSION`` and ``MODELS`` registries and
+presence-mask helpers.
 
 Every multimodal model takes ``present: bool[B, M]`` over a ``modalities`` tuple fixed at
 construction. The data layer's mask is over ``batch["modalities"]``, which may list more (or
@@ -7,14 +8,69 @@ other) modalities than a model uses; :func:`select_present` maps one onto the ot
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from actdistill.registry import Registry
 
+#: every model by name, multimodal and few-shot (``MODELS.build("karmma", ...)``, ``MODELS.build("trx")``)
 MODELS: Registry[nn.Module] = Registry("model")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fusion_contract(obj: Any) -> str | None:
+    """A fusion model's factory must be callable as ``f(modalities, heads, size, encoders, **options)``."""
+    if not callable(obj):
+        return f"{obj!r} is not callable"
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):  # no signature to check (a builtin): the call will tell
+        return None
+    try:
+        sig.bind(("rgb",), {"action": 2}, "student", {})
+    except TypeError as err:
+        return f"cannot be called as f(modalities, heads, size, encoders) ({err})"
+    return None
+
+
+def _fusion_built(model: Any) -> str | None:
+    if not isinstance(model, nn.Module):
+        return f"a {type(model).__qualname__}, not an nn.Module"
+    mods = getattr(model, "modalities", None)
+    if not isinstance(mods, tuple | list) or not all(isinstance(m, str) for m in mods):
+        return "a model without a modalities tuple (the order of the present mask's columns)"
+    return None
+
+
+#: the multimodal models the KARMMA rows train (``student.model.name``; a row's ``RowSpec.model``)
+FUSION: Registry[nn.Module] = Registry(
+    "fusion model", contract=_fusion_contract, check_built=_fusion_built,
+    what="a fusion model is a function f(modalities, heads, size, encoders, **options) returning an nn.Module "
+    "with a modalities tuple whose forward(inputs, present) returns {'logits': {task: [B, classes]}}; "
+    "register it with @register_fusion(name)",
+)
+
+
+def register_fusion(name: str, description: str | None = None) -> Callable[[F], F]:
+    """Register a multimodal model factory as ``name`` in :data:`FUSION` (checked against its
+    contract) and in :data:`MODELS`, so a config's ``student.model.name`` or a row's
+    ``RowSpec.model`` builds it. ``encoders`` is the per-modality config mapping
+    (:func:`~actdistill.models.fusion.build_encoders` builds it); ``options`` are
+    ``student.model.fusion``."""
+
+    def deco(factory: F) -> F:
+        if name in MODELS and name not in FUSION:  # a few-shot method's name: refuse before registering anywhere
+            MODELS.register(name)(factory)  # raises the registry's KeyError naming the holder
+        FUSION.register(name, description)(factory)
+        MODELS.register(name, description)(factory)
+        return factory
+
+    return deco
 
 
 def select_present(present: Tensor, batch_modalities: Sequence[str], modalities: Sequence[str]) -> Tensor:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from actdistill.models.base import MODELS, average_logits, check_present, encode_present
+from actdistill.models.base import average_logits, check_present, encode_present, register_fusion
 from actdistill.models.encoders import build_encoder
 from actdistill.models.encoders.base import Encoder, encoder_entry
 from actdistill.models.heads import MultiHeadMLP
@@ -242,7 +242,7 @@ def build_encoders(
     return out
 
 
-@MODELS.register("karmma")
+@register_fusion("karmma")
 def build_karmma(
     modalities: Sequence[str],
     heads: Mapping[str, int],

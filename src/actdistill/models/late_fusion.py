@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from actdistill.models.base import MODELS, average_logits, check_present, encode_present
+from actdistill.models.base import average_logits, check_present, encode_present, register_fusion
 from actdistill.models.encoders.base import Encoder
 from actdistill.models.fusion import build_encoders
 from actdistill.models.heads import MultiHeadMLP
@@ -59,7 +59,7 @@ class LateFusion(nn.Module):
         return {"logits": logits, "modality_embeddings": z, "per_modality_logits": per_mod, "present": present}
 
 
-@MODELS.register("late_fusion")
+@register_fusion("late_fusion")
 def build_late_fusion(
     modalities: Sequence[str],
     heads: Mapping[str, int],

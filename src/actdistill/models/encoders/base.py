@@ -175,7 +175,28 @@ def encoder_entry(encoders: Mapping[str, Any], modality: str) -> Any:
 
 
 TAKES_IN_CHANNELS = frozenset({"compact", "frames", "flow", "spectrogram", "imu", "mobilenet_v2", "timm"})
-"""Encoders with an ``in_channels`` option (``compact`` for every kind but boxes)."""
+"""Built-in encoders with an ``in_channels`` option (``compact`` for every kind but boxes); a
+registered encoder of a user's takes it when its factory has an ``in_channels`` parameter."""
+
+
+def _factory_in_channels(name: str) -> tuple[bool, int | None]:
+    """Whether registered encoder ``name``'s factory (class or function) has an ``in_channels``
+    parameter, and its default when that is an integer."""
+    if name not in ENCODERS:
+        return False, None
+    try:
+        param = inspect.signature(ENCODERS.get(name)).parameters.get("in_channels")
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False, None
+    if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        return False, None
+    default = param.default
+    return True, default if isinstance(default, int) and not isinstance(default, bool) else None
+
+
+def takes_in_channels(name: str) -> bool:
+    """Whether encoder ``name`` has an ``in_channels`` option the data can fill in."""
+    return name in TAKES_IN_CHANNELS or _factory_in_channels(name)[0]
 _CHANNEL_KINDS = ("rgb", "flow", "depth", "audio", "imu")  # per-sample shape [T, C, ...]
 
 
@@ -195,6 +216,8 @@ def default_in_channels(name: str, modality: str, options: Mapping[str, Any]) ->
         name = {"rgb": "frames", "depth": "frames", "flow": "flow", "audio": "spectrogram", "imu": "imu"}.get(kind, "")
     if name == "flow":
         return 2 * int(options.get("stack", 1))
+    if name not in TAKES_IN_CHANNELS:
+        return _factory_in_channels(name)[1]
     return {"frames": DEFAULT_CHANNELS.get(kind), "spectrogram": 1, "imu": 6, "mobilenet_v2": 3,
             "timm": 3}.get(name)
 
@@ -203,17 +226,18 @@ def with_data_channels(name: str, modality: str, options: Mapping[str, Any], sha
                        where: str = "encoders") -> dict[str, Any]:
     """``options`` with ``in_channels`` taken from the data's per-sample ``shape`` when not given.
 
-    Why: an IMU CSV may hold 3, 6 or 9 columns, and the encoder's width used to be a guess the
-    user had to make (``imu`` defaulted to 6) with a shape error at the first forward as the only
-    feedback. A given ``in_channels`` (or a flow ``stack``, which means ``2 * stack`` channels) that
-    contradicts the data is one ValueError naming the modality and both numbers; ``where`` names
-    the config section in it. The option is added only where the data differs from the encoder's
-    default, so the options (and the cache keys built from them) of configs that already worked
-    do not change.
+    Built-in encoders and any registered encoder whose factory has an ``in_channels`` parameter
+    (:func:`takes_in_channels`) get it. Why: an IMU CSV may hold 3, 6 or 9 columns, and the
+    encoder's width used to be a guess the user had to make (``imu`` defaulted to 6) with a shape
+    error at the first forward as the only feedback. A given ``in_channels`` (or a flow ``stack``,
+    which means ``2 * stack`` channels) that contradicts the data is one ValueError naming the
+    modality and both numbers; ``where`` names the config section in it. The option is added only
+    where the data differs from the encoder's default, so the options (and the cache keys built
+    from them) of configs that already worked do not change.
     """
     out = dict(options)
     have = data_channels(modality, shape)
-    if have is None or name not in TAKES_IN_CHANNELS or (name == "compact" and modality_kind(modality) == "boxes"):
+    if have is None or not takes_in_channels(name) or (name == "compact" and modality_kind(modality) == "boxes"):
         return out
     flow_like = name == "flow" or (name == "compact" and modality_kind(modality) == "flow")
     if "in_channels" in out:
