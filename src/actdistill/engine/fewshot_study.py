@@ -19,8 +19,11 @@ seed is scored on the same seeded test episodes. That pairing is what the study 
 Resumable: a seed directory that already holds ``summary.json`` and ``episodes.json`` for the
 requested methods and settings (and a config that matches) is reused as it is; one without them
 (a killed seed) is run again in place, which resumes each method from its step checkpoints and
-loads the methods that had finished (the mechanism of ``fewshot train run.resume=RUN_DIR``). A
-seed directory written with another configuration is refused rather than mixed in.
+loads the methods that had finished (the mechanism of ``fewshot train run.resume=RUN_DIR``).
+``<out>/study_config.yaml`` records the study; a rerun with another configuration into the same
+``--out`` is refused rather than mixed in, one that changes only a neutral key (:data:`NEUTRAL_KEYS`:
+where files are, display, speed, the methods) is not (:mod:`actdistill.engine.study_dir`); each
+seed directory's own ``config.yaml`` is checked the same way.
 
 Outputs in ``<out>``: ``study.json`` (strict JSON: an interval one seed cannot give is ``null``),
 ``study.md`` and ``study_differences.png``.
@@ -32,19 +35,22 @@ import copy
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from actdistill.config import build_config, from_dict, to_dict
+from actdistill.config import ConfigError, from_dict, to_dict
 from actdistill.engine.fewshot import FewShotConfig, parse_setting
+from actdistill.engine.study_dir import RUN_NEUTRAL, Difference, check_study_dir, config_identity, describe, differences
 
-#: Config keys that do not change a seed's results (where files go, how they are shown, how fast);
-#: a seed directory whose config differs from the study's in other keys is not reused.
-NEUTRAL_KEYS = ("run.out_dir", "run.name", "run.resume", "run.progress", "run.threads", "run.dist_timeout_min",
-                "cache_root", "cache_in_memory_mb", "data.num_workers", "heads.methods")
+#: Config keys that do not change a seed's results (see :mod:`actdistill.engine.study_dir`): besides
+#: the run's own, where the feature caches are and when they are held in memory, the logging
+#: cadence, and the methods (a study may grow by a method: the seeds' trained methods are reused).
+#: Neither the study directory nor a seed directory is refused for a difference in these.
+NEUTRAL_KEYS = (*RUN_NEUTRAL, "cache_root", "cache_in_memory_mb", "train.log_every", "heads.methods")
 
 STUDY_NOTE = ("Intervals over seeds are Student-t 95% intervals of the mean over training seeds "
               "(mean ± t·sd/√n; none with one seed). Differences are paired: A − B per test episode "
@@ -69,34 +75,52 @@ def seed_config(cfg: FewShotConfig, k: int, out: str | Path) -> FewShotConfig:
     return c
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: tree}
+def _scope(methods: Sequence[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Trim a config mapping to what decides ``methods``' results: another method's options and
+    init checkpoint do not change these methods' results."""
+    def scope(tree: dict[str, Any]) -> dict[str, Any]:
+        heads = tree.get("heads")
+        if isinstance(heads, dict):
+            for key in ("options", "init"):
+                heads[key] = {m: v for m, v in (heads.get(key) or {}).items() if m in methods}
+        return tree
+    return scope
 
 
-def _result_keys(cfg: FewShotConfig, methods: Sequence[str]) -> dict[str, Any]:
-    """The config's keys that decide a seed's results for ``methods``, flattened."""
-    d = to_dict(cfg)
-    heads = d.get("heads", {})
-    for key in ("options", "init"):  # another method's options do not change these methods' results
-        heads[key] = {m: v for m, v in (heads.get(key) or {}).items() if m in methods}
-    flat = _flat(d)
-    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NEUTRAL_KEYS)}
-
-
-def config_differences(run_dir: Path, cfg: FewShotConfig, methods: Sequence[str]) -> list[str]:
-    """Keys (dotted) in which ``run_dir/config.yaml`` differs from ``cfg`` in what decides the results
-    of ``methods``; empty when the directory has no config yet."""
+def config_differences(run_dir: Path, cfg: FewShotConfig, methods: Sequence[str]) -> list[Difference]:
+    """Keys (dotted, with both values) in which ``run_dir/config.yaml`` differs from ``cfg`` in what
+    decides the results of ``methods``; empty when the directory has no config yet. The file's
+    ``job:`` header (absent in earlier versions: then a few-shot run's) is compared too."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return []
-    old = _result_keys(build_config(FewShotConfig, path), methods)
-    new = _result_keys(cfg, methods)
-    return sorted(k for k in old.keys() | new.keys() if old.get(k, "<unset>") != new.get(k, "<unset>"))
+    scope = _scope(methods)
+    data = yaml.safe_load(path.read_text()) or {}
+    old = {"job": data.pop("job", "fewshot"), **config_identity(FewShotConfig, data, NEUTRAL_KEYS, scope)}
+    return differences(old, {"job": "fewshot", **config_identity(FewShotConfig, cfg, NEUTRAL_KEYS, scope)})
+
+
+def _refuse_seed(d: Path, diffs: Sequence[Difference]) -> ConfigError:
+    return ConfigError(f"{d}: written with another configuration ({describe(diffs)}); give the study another "
+                       "--out or remove that seed directory")
+
+
+def check_out(cfg: FewShotConfig, out: str | Path) -> Path:
+    """Refuse a study directory that holds another study, or record this one (rank 0 only):
+    ``<out>/study_config.yaml`` (:func:`~actdistill.engine.study_dir.check_study_dir`). A directory
+    of an earlier version has seed directories but no record: each one's ``config.yaml`` is
+    checked before the record is written, so the first record cannot adopt another study's seeds."""
+    out = Path(out)
+    methods = list(cfg.heads.methods)
+
+    def unrecorded() -> None:
+        for d in sorted(out.glob("seed-*")):
+            k = d.name.removeprefix("seed-")
+            if k.isdigit() and (diffs := config_differences(d, seed_config(cfg, int(k), out), methods)):
+                raise _refuse_seed(d, diffs)
+
+    return check_study_dir(out, "fewshot", FewShotConfig, cfg, neutral=NEUTRAL_KEYS, scope=_scope(methods),
+                           unrecorded=unrecorded)
 
 
 def seed_complete(run_dir: Path, methods: Sequence[str], settings: Sequence[str], episodes: int) -> bool:
@@ -124,17 +148,16 @@ def run_seeds(cfg: FewShotConfig, seeds: int, out: str | Path) -> list[dict[str,
 
     out = Path(out)
     methods, settings = list(cfg.heads.methods), list(cfg.eval.settings)
+    from_main(lambda: check_out(cfg, out), cfg.run.dist_timeout_min)  # rank 0 checks or records the study
     records: list[dict[str, Any]] = []
     for k in range(seeds):
         scfg = seed_config(cfg, k, out)
         d = seed_dir(out, k)
 
         def setup(scfg: FewShotConfig = scfg, d: Path = d) -> bool:  # rank 0: reuse, or prepare the directory
-            diff = config_differences(d, scfg, methods)
-            if diff:
-                raise ValueError(f"{d}: written with another configuration (differs in {', '.join(diff[:8])}"
-                                 f"{', ...' if len(diff) > 8 else ''}); give the study another --out or remove "
-                                 "that seed directory")
+            diffs = config_differences(d, scfg, methods)
+            if diffs:
+                raise _refuse_seed(d, diffs)
             if seed_complete(d, methods, settings, scfg.eval.episodes):
                 return True
             d.mkdir(parents=True, exist_ok=True)
@@ -339,6 +362,8 @@ def warn(msg: str) -> None:
 
 
 __all__ = [
+    "NEUTRAL_KEYS",
+    "check_out",
     "config_differences",
     "method_pairs",
     "render_study",

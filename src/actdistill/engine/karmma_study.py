@@ -13,6 +13,9 @@ test clips and the evaluation's drop draws stay fixed) and reports
 Metrics: all modalities, each single modality, the drop curve at p = 0.9 and the drop-curve AUC.
 Each seed is an ordinary run directory ``<out>/seed-<k>`` (resumable like any run; a finished one
 is reused), so killing a study and rerunning the command loses at most the seed in progress.
+``<out>/study_config.yaml`` records the study (config and ``--teacher``); a rerun with another
+configuration into the same ``--out`` is refused, one that changes only a neutral key
+(:data:`NEUTRAL_KEYS`: where files are, display, speed) is not (:mod:`actdistill.engine.study_dir`).
 
 The teacher is trained once per seed (``per-seed``: the rows' spread then includes the teacher's)
 or once for the study (``shared``: seed 0's teacher, its extractors' fits and token cache are reused
@@ -21,9 +24,7 @@ through ``teacher.seed`` / ``teacher.weights``; cheaper, and it isolates the row
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from actdistill.config import ConfigError, from_dict, to_dict
+from actdistill.config import ConfigError
 from actdistill.engine.karmma import KarmmaConfig, prepare_run, read_per_clip, run_karmma
+from actdistill.engine.study_dir import RUN_NEUTRAL, check_study_dir
 from actdistill.evaluation.protocols import subset_name
 from actdistill.evaluation.study import (
     format_interval,
@@ -44,6 +46,14 @@ from actdistill.evaluation.study import (
 from actdistill.rundir import atomic_write_text, write_json
 
 TEACHER_MODES = ("per-seed", "shared")
+#: Config keys a study's reruns may change (see :mod:`actdistill.engine.study_dir`): besides the
+#: run's own, where the caches are and when they are held in memory, the logging cadence, and the
+#: efficiency timings (measured after every score, on rank 0; the study reports none of them).
+#: Not neutral: ``cache.chunk`` (a key of the token cache: numerics may depend on the batch) and
+#: ``cache.clips`` (kept conservative), ``train.checkpoint_every`` (it switches the trainer to
+#: step-based checkpoints), ``eval.batch_size``.
+NEUTRAL_KEYS = (*RUN_NEUTRAL, "cache.root", "cache.in_memory_mb", "train.log_every", "eval.efficiency",
+                "eval.latency_batch", "eval.throughput_batch", "eval.warmup", "eval.repeats", "eval.latency_repeats")
 HIGH_P = 0.9  # the drop rate the study reports on its own (nearest rate in eval.drop_rates)
 
 
@@ -75,23 +85,12 @@ def seed_config(cfg: KarmmaConfig, out: Path, k: int, teacher: str) -> KarmmaCon
     return c
 
 
-def _check_out(out: Path, cfg: KarmmaConfig, teacher: str) -> None:
-    """``<out>/study_config.yaml`` records what the study runs; rerunning with another config
-    into the same directory would mix seeds of two experiments, so it is refused."""
-    record = {"config": to_dict(cfg), "teacher": teacher}
-    path = out / "study_config.yaml"
-    if path.is_file():
-        old = yaml.safe_load(path.read_text()) or {}
-        # rebuilt through the config class: keys added to it since take their defaults (a key since
-        # removed fails to build: the records then differ and the study is refused below)
-        with contextlib.suppress(ConfigError):
-            old["config"] = to_dict(from_dict(KarmmaConfig, old.get("config") or {}))
-        if old != json.loads(json.dumps(record)):
-            raise ConfigError(f"{out}: holds a study of another configuration (see {path}); "
-                              "give a new --out, or delete the directory to start over")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, yaml.safe_dump(record, sort_keys=False))
+def check_out(cfg: KarmmaConfig, out: str | Path, teacher: str = "per-seed") -> Path:
+    """``<out>/study_config.yaml`` records what the study runs (the config and ``--teacher``); rerunning
+    with another config into the same directory would mix seeds of two experiments, so it is refused
+    (:func:`~actdistill.engine.study_dir.check_study_dir`, which also reads the record of earlier
+    versions). Rank 0 only; returns the record's path."""
+    return check_study_dir(out, "karmma", KarmmaConfig, cfg, neutral=NEUTRAL_KEYS, study={"teacher": teacher})
 
 
 def run_study(cfg: KarmmaConfig, seeds: int, out: str | Path, teacher: str = "per-seed",
@@ -107,7 +106,7 @@ def run_study(cfg: KarmmaConfig, seeds: int, out: str | Path, teacher: str = "pe
     validate(cfg)
     out = Path(out)
     if is_main():
-        _check_out(out, cfg, teacher)
+        check_out(cfg, out, teacher)
     barrier()
     for k in range(seeds):
         path = seed_dir(out, k)
