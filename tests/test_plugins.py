@@ -299,17 +299,25 @@ def test_every_built_in_entry_has_a_description() -> None:
 
 
 # --------------------------------------------------------------------------------- custom imports
-def test_custom_imports_resolve_next_to_the_yaml_record_absolute_and_reimport(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_registries: None) -> None:
+def row_plugin_beside_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, row: str) -> Path:
+    """``tmp_path/exp/`` holding ``<module>.py`` (registers row ``row``) and ``my.yaml`` naming it in
+    custom_imports and rows; the working directory is moved elsewhere, so a relative lookup from it
+    would fail. Returns the folder."""
     exp = tmp_path / "exp"
     exp.mkdir()
-    (exp / "plug_enc.py").write_text(
+    (exp / f"{module}.py").write_text(
         "from actdistill.engine.tasks import RowSpec, register_row\n"
-        "register_row(RowSpec('test_plugin_row', 'a row from a plugin'))\n")
-    (exp / "my.yaml").write_text("custom_imports: [plug_enc.py]\nrows: [baseline, test_plugin_row]\n")
+        f"register_row(RowSpec({row!r}, 'a row from a plugin'))\n")
+    (exp / "my.yaml").write_text(f"custom_imports: [{module}.py]\nrows: [baseline, {row}]\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # relative to the YAML's folder, not the working directory
+    return exp
+
+
+def test_custom_imports_resolve_next_to_the_yaml_record_absolute_and_reimport(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_registries: None) -> None:
+    exp = row_plugin_beside_yaml(tmp_path, monkeypatch, "plug_enc", "test_plugin_row")
     cfg = build_config(KarmmaConfig, exp / "my.yaml")
     path = str((exp / "plug_enc.py").resolve())
     assert cfg.custom_imports == [path] and "test_plugin_row" in ROWS
@@ -341,15 +349,7 @@ def test_config_show_imports_custom_files_next_to_the_yaml(
     found beside the YAML, not in the working directory."""
     from actdistill.shipped import show_config
 
-    exp = tmp_path / "exp"
-    exp.mkdir()
-    (exp / "show_plug.py").write_text(
-        "from actdistill.engine.tasks import RowSpec, register_row\n"
-        "register_row(RowSpec('test_show_row', 'a row from a plugin'))\n")
-    (exp / "my.yaml").write_text("custom_imports: [show_plug.py]\nrows: [baseline, test_show_row]\n")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
+    exp = row_plugin_beside_yaml(tmp_path, monkeypatch, "show_plug", "test_show_row")
     shown = yaml.safe_load(show_config(str(exp / "my.yaml"), [], diff=True))
     assert shown["job"] == "karmma" and shown["rows"] == ["baseline", "test_show_row"]
     assert shown["custom_imports"] == [str((exp / "show_plug.py").resolve())]
