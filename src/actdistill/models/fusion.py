@@ -242,7 +242,8 @@ def build_encoders(
     return out
 
 
-@register_fusion("karmma")
+@register_fusion("karmma", "KARMMA: a transformer over every modality's tokens (learned tokens stand in "
+                 "for missing ones), CLS and modality pooling, averaged heads")
 def build_karmma(
     modalities: Sequence[str],
     heads: Mapping[str, int],

@@ -59,7 +59,7 @@ class LateFusion(nn.Module):
         return {"logits": logits, "modality_embeddings": z, "per_modality_logits": per_mod, "present": present}
 
 
-@register_fusion("late_fusion")
+@register_fusion("late_fusion", "one classifier per modality, logits averaged over the present ones (no fusion block)")
 def build_late_fusion(
     modalities: Sequence[str],
     heads: Mapping[str, int],
