@@ -22,6 +22,11 @@ class DataError(ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple[type[DataError], tuple[str, str]]:
+        # pickled with its two arguments (the default would pass the one message): data-loader
+        # workers and torch.distributed send it between processes
+        return (type(self), (self.path, self.problem))
+
 
 @dataclass(frozen=True)
 class Problem:

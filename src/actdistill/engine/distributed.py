@@ -10,6 +10,7 @@ writes its own cache files.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -75,18 +76,41 @@ def main_first() -> Iterator[None]:
         barrier()
 
 
+def _portable(err: BaseException) -> BaseException:
+    """``err`` if it survives pickling (to be raised on the other ranks as it is), else a
+    ``RuntimeError`` carrying its type and message."""
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}")
+
+
 def from_main(fn: Callable[[], T], timeout_min: float | None = None) -> T:
     """Run ``fn`` on rank 0 only and give every rank its result (e.g. the new run directory's path).
 
     Initialises the process group first when launched by torchrun, so a job's set-up (creating a
-    run directory, generating a dataset) happens once, not once per rank.
+    run directory, generating a dataset, checking a study directory) happens once, not once per
+    rank. When ``fn`` raises, every rank raises the same error (the other ranks would otherwise
+    wait in the broadcast until the launcher's timeout), so under ``torchrun`` a refused config
+    stops the job at once with its message.
     """
     init_from_env(timeout_min)
     if not is_distributed():
         return fn()
-    box = [fn() if is_main() else None]
+    if is_main():
+        try:
+            box: list[object] = [("ok", fn())]
+        except Exception as err:
+            dist.broadcast_object_list([("error", _portable(err))], src=0)
+            raise
+    else:
+        box = [None]
     dist.broadcast_object_list(box, src=0)
-    return box[0]  # type: ignore[return-value]
+    status, value = box[0]  # type: ignore[misc]
+    if status == "error":
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def gather_objects(obj: T) -> list[T]:

@@ -96,7 +96,7 @@ def check_out(cfg: KarmmaConfig, out: str | Path, teacher: str = "per-seed") -> 
 def run_study(cfg: KarmmaConfig, seeds: int, out: str | Path, teacher: str = "per-seed",
               resamples: int = 2000, command: str = "") -> dict[str, Any]:
     """Run (or reuse) every seed's run directory, then :func:`summarize` them into ``out``."""
-    from actdistill.engine.distributed import barrier, is_main
+    from actdistill.engine.distributed import from_main, is_main
     from actdistill.engine.karmma import validate
 
     if teacher not in TEACHER_MODES:
@@ -105,9 +105,7 @@ def run_study(cfg: KarmmaConfig, seeds: int, out: str | Path, teacher: str = "pe
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     validate(cfg)
     out = Path(out)
-    if is_main():
-        check_out(cfg, out, teacher)
-    barrier()
+    from_main(lambda: check_out(cfg, out, teacher), cfg.run.dist_timeout_min)  # rank 0; a refusal stops every rank
     for k in range(seeds):
         path = seed_dir(out, k)
         if is_done(path):
