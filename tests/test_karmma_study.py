@@ -87,6 +87,9 @@ def test_study_runs_seeds_pairs_rows_and_resumes(tiny_root: Path, tmp_path: Path
 
     out = tmp_path / "study"
     study = run_study(_study_cfg(tiny_root, tmp_path), 2, out, teacher="shared", resamples=200)
+    # the shared teacher is scored once: seed 1 reads seed 0's evaluation (the same numbers)
+    assert len(list((tmp_path / "cache" / "teacher-eval").glob("*.pt"))) == 1
+    assert capsys.readouterr().out.count("teacher: evaluation read from") == 1
     for name in ("study.json", "study.md", "study_differences.png", "seed-0/report.md", "seed-1/per_clip.safetensors"):
         assert (out / name).is_file(), name
     assert study["seeds"] == [0, 1] and study["rows"] == ["teacher", "baseline", "student"]

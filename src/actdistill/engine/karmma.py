@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -879,6 +880,42 @@ class KarmmaPipeline:
         self.timings[f"eval_{name}"] = time.perf_counter() - t0
         return res
 
+    def evaluate_teacher(self, teacher: MultimodalRecognizer) -> dict[str, Any]:
+        """:meth:`evaluate` of the frozen teacher on the cached test tokens, kept in
+        ``<cache.root>/teacher-eval/`` by everything it depends on (the fusion's weights, the test
+        tokens' cache key, the evaluation settings, the world size): the seeds of a study with a
+        shared teacher, and a rerun of the same run, read seed 0's result instead of scoring the
+        same teacher on the same clips again (tens of seconds in the demo). ``torch.load`` with
+        ``weights_only``: the file holds tensors, numbers and strings only."""
+        from actdistill.engine.distributed import from_main, world_size
+        from actdistill.engine.fewshot import weights_hash
+
+        e = self.cfg.eval
+        key = {"kind": "teacher_eval", "teacher": weights_hash(teacher.fusion), "tokens": self.test_tokens.cache.key,
+               "modalities": list(self.modalities), "heads": dict(self.heads), "drop_rates": list(e.drop_rates),
+               "seed": e.seed, "drop_repeats": e.drop_repeats, "batch_size": e.batch_size, "world": world_size(),
+               "device": self.device.type}
+        path = Path(self.cfg.cache.root) / "teacher-eval" / f"{cache_key_hash(key)}.pt"
+        t0 = time.perf_counter()
+        res: dict[str, Any] | None = None
+        if from_main(path.is_file):
+            try:
+                res = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # unreadable (truncated, foreign): score it again
+                _log(f"teacher: cannot read {path} ({err}); evaluating again")
+        if all(gather_objects(res is not None)):  # every rank takes the same branch: evaluate gathers
+            self.timings["eval_teacher"] = time.perf_counter() - t0
+            _log(f"teacher: evaluation read from {path}")
+            return res  # type: ignore[return-value]
+        res = self.evaluate("teacher", lambda tok, pr: teacher.fusion(tok, pr, self.token_counts)["logits"],
+                            self.test_tokens)
+        if is_main():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save(res, tmp)
+            os.replace(tmp, path)
+        return res
+
     def evaluate_row(self, name: str, model: nn.Module) -> dict[str, Any]:
         """:meth:`evaluate` for a trained row. A :class:`MultimodalRecognizer`'s encoders see one
         modality each and never the mask, so each test view of a batch is encoded once and only the
@@ -1012,8 +1049,7 @@ def run_karmma(cfg: KarmmaConfig, run_dir: Path) -> dict[str, Any]:
     teacher = pipe.train_teacher(extractors)
     results: dict[str, dict[str, Any]] = {}
     models: dict[str, nn.Module] = {"teacher": teacher}
-    results["teacher"] = pipe.evaluate("teacher", lambda tok, pr: teacher.fusion(tok, pr, pipe.token_counts)["logits"],
-                                       pipe.test_tokens)
+    results["teacher"] = pipe.evaluate_teacher(teacher)
     _log(f"teacher: full {results['teacher']['subsets'][subset_name(pipe.modalities)]:.1f}, "
          f"auc {results['teacher']['auc']:.1f}")
     for kind in cfg.rows:
