@@ -6,6 +6,7 @@ import contextlib
 import csv
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,13 @@ EPIC_HEADER = [
     "stop_timestamp", "start_frame", "stop_frame", "narration", "verb", "verb_class", "noun",
     "noun_class", "all_nouns", "all_noun_classes",
 ]  # fmt: skip
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, for a test's own gloo process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _ts(frame: int, fps: float) -> str:

@@ -4,7 +4,6 @@ its error (the other ranks would otherwise wait in the broadcast until the launc
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch.multiprocessing as mp
 from actdistill.config import ConfigError
 from actdistill.data.records import DataError
 from actdistill.engine.distributed import from_main
+from tests.conftest import free_port
 
 
 def _worker(rk: int, port: int, root: str) -> None:
@@ -36,15 +36,9 @@ def _worker(rk: int, port: int, root: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo process group test")
 def test_rank_zero_result_and_error_reach_every_rank(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     texts = [(tmp_path / f"rank{r}.txt").read_text().splitlines() for r in (0, 1)]
     assert texts[0] == texts[1], texts
     assert texts[0][0] == "result made by rank 0"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from actdistill.engine import trainer
 from actdistill.engine.checkpoint import latest_checkpoint
 from actdistill.engine.trainer import OptimConfig, fit, fit_steps
+from tests.conftest import free_port
 
 G = torch.Generator().manual_seed(7)
 X, Y = torch.randn(40, 6, generator=G), torch.randint(0, 3, (40,), generator=G)
@@ -287,19 +287,13 @@ def _ddp_worker(rk: int, world: int, port: int, root: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo process group test")
 def test_ddp_under_an_existing_process_group_keeps_ranks_in_sync(tmp_path: Path) -> None:
     """Two gloo ranks with different shards: Fabric wraps a plain model in DDP (routing the step's
     calls of the raw model through it), or leaves the caller's DDP module alone, and does not
     re-initialise the group; both ranks end with the same weights (gradients were averaged), the
     same either way. Only rank 0 writes logs and checkpoints."""
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     weights = {name: [load_file(str(tmp_path / f"{name}.{r}.safetensors")) for r in (0, 1)]
                for name in ("fabric_wraps", "caller_ddp")}
     for w0, w1 in weights.values():

@@ -9,64 +9,19 @@ built-in ones exactly when a job with that config would see it.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import importlib
 from pathlib import Path
 from typing import Any
 
-
-def _datasets() -> list[tuple[str, str]]:
-    from actdistill.data.datasets import DATASETS
-
-    return DATASETS.entries()
-
-
-def _encoders() -> list[tuple[str, str]]:
-    from actdistill.models.encoders import ENCODERS
-
-    return ENCODERS.entries()
-
-
-def _fusion() -> list[tuple[str, str]]:
-    import actdistill.models  # noqa: F401  (registers karmma and late_fusion)
-    from actdistill.models.base import FUSION
-
-    return FUSION.entries()
-
-
-def _rows() -> list[tuple[str, str]]:
-    from actdistill.engine.tasks import ROWS
-
-    return ROWS.entries()
-
-
-def _fewshot_methods() -> list[tuple[str, str]]:
-    from actdistill.models.fewshot import FEWSHOT_HEADS
-
-    return FEWSHOT_HEADS.entries()
-
-
-def _text_encoders() -> list[tuple[str, str]]:
-    from actdistill.engine.fewshot import TEXT_ENCODERS
-
-    return TEXT_ENCODERS.entries()
-
-
-def _readers() -> list[tuple[str, str]]:
-    import actdistill.data.modalities  # noqa: F401  (registers the readers)
-    from actdistill.data.modalities.base import READERS
-
-    return READERS.entries()
-
-
-#: ``actdistill list`` kinds -> their catalogue
-KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {
-    "datasets": _datasets,
-    "encoders": _encoders,
-    "fusion": _fusion,
-    "rows": _rows,
-    "fewshot-methods": _fewshot_methods,
-    "text-encoders": _text_encoders,
-    "readers": _readers,
+#: ``actdistill list`` kinds -> (module, registry): importing the module registers the built-in entries
+KINDS: dict[str, tuple[str, str]] = {
+    "datasets": ("actdistill.data.datasets", "DATASETS"),
+    "encoders": ("actdistill.models.encoders", "ENCODERS"),
+    "fusion": ("actdistill.models", "FUSION"),
+    "rows": ("actdistill.engine.tasks", "ROWS"),
+    "fewshot-methods": ("actdistill.models.fewshot", "FEWSHOT_HEADS"),
+    "text-encoders": ("actdistill.engine.fewshot", "TEXT_ENCODERS"),
+    "readers": ("actdistill.data.modalities", "READERS"),
 }
 
 
@@ -74,7 +29,8 @@ def catalogue(kind: str) -> list[tuple[str, str]]:
     """``(name, one-line description)`` of everything registered as ``kind`` (a key of :data:`KINDS`)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
-    return KINDS[kind]()
+    module, registry = KINDS[kind]
+    return getattr(importlib.import_module(module), registry).entries()
 
 
 def format_catalogue(entries: list[tuple[str, str]]) -> str:

@@ -176,12 +176,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _check_path(cls: Any, path: list[str]) -> None:
-    """Fail early, naming the full dotted key, when an override addresses a non-existent field."""
+def _check_path(cls: Any, path: list[str]) -> tuple[int | None, bool]:
+    """Fail early, naming the full dotted key, when an override addresses a non-existent field.
+
+    Returns ``(depth, section)``: how many leading parts of ``path`` name dataclass fields before a
+    free-form mapping field (``data.options.size``: 2; ``None`` when every part is a field), and
+    whether ``path`` itself names a dataclass section (``data``)."""
     node = cls
     for i, part in enumerate(path):
         if not dataclasses.is_dataclass(node):
-            return  # a dict-typed field: free-form below this point
+            return i, False  # a dict-typed field: free-form below this point
         hints = typing.get_type_hints(node)
         if part not in hints:
             where = ".".join(path[: i + 1])
@@ -191,6 +195,7 @@ def _check_path(cls: Any, path: list[str]) -> None:
         if origin in (Union, types.UnionType):
             inner = [a for a in typing.get_args(node) if a is not type(None)]
             node = inner[0] if len(inner) == 1 else node
+    return None, dataclasses.is_dataclass(node)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -224,21 +229,6 @@ def _default_at(cls: Any, path: list[str]) -> Any:
     return node
 
 
-def _schema_walk(cls: Any, path: list[str]) -> tuple[int | None, bool]:
-    """``(depth, section)``: how many leading parts of ``path`` name dataclass fields before a
-    free-form mapping field (``data.options.size``: 2; ``None`` when every part is a field), and
-    whether ``path`` itself names a dataclass section (``data``)."""
-    node = cls
-    for i, part in enumerate(path):
-        if not dataclasses.is_dataclass(node):
-            return i, False
-        node = typing.get_type_hints(node)[part]
-        if typing.get_origin(node) in (Union, types.UnionType):
-            inner = [a for a in typing.get_args(node) if a is not type(None)]
-            node = inner[0] if len(inner) == 1 else node
-    return None, dataclasses.is_dataclass(node)
-
-
 def _in_effect(cls: Any, path: list[str], depth: int | None, node: dict[str, Any]) -> dict[str, Any]:
     """The mapping at ``path`` whose last part is a key of ``node``: ``node``'s own, else (inside
     or at a free-form mapping, which begins at ``path[depth - 1]``) the default's, else a new one."""
@@ -263,8 +253,7 @@ def apply_overrides(cls: Any, data: dict[str, Any], overrides: list[str]) -> dic
     out = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
-        _check_path(cls, path)
-        depth, section = _schema_walk(cls, path)
+        depth, section = _check_path(cls, path)
         cur = out
         for i, part in enumerate(path[:-1]):
             cur[part] = _in_effect(cls, path[: i + 1], depth, cur)
